@@ -1,0 +1,85 @@
+"""TensorFlow process set-up and the choice of ``tf.distribute`` strategy.
+
+TensorFlow fixes its thread pools and logical devices at the first op it runs, so
+:func:`configure` must run first, exactly once per process; it is guarded by a lock because
+Beam may call ``DoFn.setup`` from several threads of one worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored")
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_configured: "DeviceSettings | None" = None
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How this process's TensorFlow runtime is laid out."""
+
+    intra_op_threads: int = 0
+    """Threads inside one op (0: TensorFlow's default, one per core)."""
+    inter_op_threads: int = 0
+    """Ops run concurrently (0: TensorFlow's default)."""
+    logical_cpu_devices: int = 0
+    """Split the CPU into this many logical devices (0 or 1: leave it whole). Lets
+    ``MirroredStrategy`` run several replicas without GPUs, as tests do."""
+
+
+def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
+    """Apply ``settings`` once per process; later calls return the settings in force.
+
+    A later call with different settings logs a warning and changes nothing: TensorFlow
+    cannot be reconfigured after it initialised.
+    """
+    global _configured
+    with _lock:
+        if _configured is not None:
+            if settings != _configured:
+                _log.warning("TensorFlow already configured with %s; ignoring %s", _configured, settings)
+            return _configured
+        try:
+            if settings.intra_op_threads:
+                tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
+            if settings.inter_op_threads:
+                tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+            if settings.logical_cpu_devices > 1:
+                cpu = tf.config.list_physical_devices("CPU")[0]
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * settings.logical_cpu_devices
+                )
+        except RuntimeError as error:
+            raise RuntimeError(
+                "TensorFlow was initialised before nnmf_tf.device.configure() ran; call configure() "
+                "before any TensorFlow op in this process"
+            ) from error
+        _configured = settings
+        return settings
+
+
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """The distribution strategy called ``name``.
+
+    ``"default"`` is TensorFlow's default (one replica on the default device).
+    ``"mirrored"`` is a ``MirroredStrategy`` over every GPU, or, without GPUs, over every
+    logical CPU device; with a single device it falls back to the default strategy and
+    logs why.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+        d.name for d in tf.config.list_logical_devices("CPU")
+    ]
+    if len(devices) < 2:
+        _log.warning("mirrored strategy needs 2+ devices; found %s, using the default strategy", devices)
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy(devices)

@@ -1,0 +1,49 @@
+"""Named errors and array checks whose messages say which array or step went wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class NNMFFitError(RuntimeError):
+    """Fitting broke down numerically (non-finite or negative factors).
+
+    The message names the iteration, the half-step and, when blocked, the block.
+    """
+
+
+class ConvergenceWarning(UserWarning):
+    """The solver stopped at ``max_iter`` before meeting its tolerance."""
+
+
+def check_array(
+    array: np.ndarray, *, label: str, ndim: int, shape: tuple[int | None, ...] | None = None
+) -> np.ndarray:
+    """Check an array's rank and (partial) shape; return it unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming ``label`` with the expected and the found shape.
+    """
+    array = np.asarray(array)
+    if array.ndim != ndim:
+        raise ValueError(f"{label} must be a {ndim}-d array; got shape {array.shape}")
+    if shape is not None:
+        for axis, (want, got) in enumerate(zip(shape, array.shape)):
+            if want is not None and want != got:
+                expected = tuple("*" if s is None else s for s in shape)
+                raise ValueError(f"{label} must have shape {expected}; got {array.shape} (axis {axis})")
+    return array
+
+
+def check_factors_finite(factors: np.ndarray, *, side: str, iteration: int, block: int | None = None) -> None:
+    """Raise :class:`NNMFFitError` when ``factors`` hold NaN, inf or negative values."""
+    where = f"the {side} half-step of iteration {iteration}" + ("" if block is None else f" (block {block})")
+    if not np.all(np.isfinite(factors)):
+        bad = int(np.size(factors) - np.count_nonzero(np.isfinite(factors)))
+        raise NNMFFitError(
+            f"{bad} non-finite {side} factor value(s) after {where}; lower the learning rate or raise reg"
+        )
+    if factors.size and float(np.min(factors)) < 0.0:
+        raise NNMFFitError(f"negative {side} factors after {where}")

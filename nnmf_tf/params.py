@@ -1,0 +1,125 @@
+"""Solver parameters: one frozen, validated dataclass shared by every entry point.
+
+The Beam pipeline builds the same object from the ``model:`` section of a YAML
+run configuration, so a parameter means the same thing in-process and on a
+cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+OBJECTIVES = ("rating", "ranking")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_int(name: str, value: Any, low: int, owner: str = "NNMF") -> list[str]:
+    """Return an error message list for an int parameter that must be ``>= low``."""
+    if not _is_int(value) or value < low:
+        return [f"{name} must be an int >= {low} for {owner}; got {value!r}"]
+    return []
+
+
+def check_float(
+    name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False, owner: str = "NNMF"
+) -> list[str]:
+    """Return an error message list for a float parameter in ``[low, high]`` (or ``(low, high]``)."""
+    bracket = "(" if low_open else "["
+    if not _is_number(value) or value > high or value < low or (low_open and value == low):
+        upper = "inf)" if math.isinf(high) else f"{high}]"
+        return [f"{name} must be a finite number in {bracket}{low}, {upper} for {owner}; got {value!r}"]
+    return []
+
+
+@dataclass(frozen=True)
+class SolverParams:
+    """Parameters of alternating projected-gradient NNMF.
+
+    The objective over the observed pairs Ω is::
+
+        L(W, H) = Σ_(u,i)∈Ω (r_ui − r̂_ui)²
+                  + reg · (Σ_u n_u ‖w_u‖² + Σ_i n_i ‖h_i‖²)
+                  + bias_reg · (Σ_u n_u b_u² + Σ_i n_i b_i²)      (when bias)
+
+    with ``r̂_ui = w_u · h_i`` or, with ``bias=True``, ``r̂_ui = μ + b_u + b_i + w_u · h_i``
+    where μ is the mean training rating. ``W ≥ 0`` and ``H ≥ 0``; biases are free.
+    ``n_u``, ``n_i`` are rating counts (weighted-λ regularisation, as in ALS-WR).
+
+    With ``objective="ranking"`` every unobserved pair also counts, as a zero target with
+    weight ``unobserved_weight`` (the weighted formulation of WALS / implicit ALS); observed
+    pairs keep weight 1 and their rating as target. No bias is used in that case.
+    """
+
+    rank: int = 20
+    """Number of latent factors k."""
+    reg: float = 0.05
+    """λ of the weighted L2 penalty on the factors (multiplied by each row's rating count)."""
+    bias: bool = False
+    """Fit a global mean plus unconstrained user and item biases."""
+    bias_reg: float | None = None
+    """λ of the weighted L2 penalty on the biases; ``None`` means the same as ``reg``."""
+    max_iter: int = 20
+    """Outer iterations (one user half-step plus one item half-step each)."""
+    tol: float = 0.0
+    """Stop when the objective's relative decrease over one iteration falls below this (0: never)."""
+    inner_max_iter: int = 50
+    """Accelerated projected-gradient steps per half-step subproblem, at most."""
+    inner_tol: float = 1e-3
+    """Stop a half-step's inner loop when every row's projected-gradient norm fell below this
+    fraction of its value at the start of the half-step."""
+    seed: int = 42
+    """Seed of the initial factors; every random choice derives from it and the row id."""
+    init_scale: float | None = None
+    """Initial factors are uniform in ``[0, init_scale)``; ``None`` chooses the scale that makes
+    the initial predictions average the mean rating."""
+    objective: str = "rating"
+    """``"rating"`` (observed pairs only) or ``"ranking"`` (unobserved pairs as weighted zeros)."""
+    unobserved_weight: float = 0.01
+    """Weight of each unobserved pair under ``objective="ranking"``."""
+
+    def __post_init__(self) -> None:
+        errors = self.errors()
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def errors(self) -> list[str]:
+        """Every problem with these parameters, as messages naming the parameter and the value."""
+        problems: list[str] = []
+        problems += check_int("rank", self.rank, 1)
+        problems += check_float("reg", self.reg, 0.0)
+        if not isinstance(self.bias, bool):
+            problems.append(f"bias must be a bool for NNMF; got {self.bias!r}")
+        if self.bias_reg is not None:
+            problems += check_float("bias_reg", self.bias_reg, 0.0)
+        problems += check_int("max_iter", self.max_iter, 1)
+        problems += check_float("tol", self.tol, 0.0, 1.0)
+        problems += check_int("inner_max_iter", self.inner_max_iter, 1)
+        problems += check_float("inner_tol", self.inner_tol, 0.0, 1.0)
+        problems += check_int("seed", self.seed, 0)
+        if self.init_scale is not None:
+            problems += check_float("init_scale", self.init_scale, 0.0, low_open=True)
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective must be one of {list(OBJECTIVES)} for NNMF; got {self.objective!r}")
+        problems += check_float("unobserved_weight", self.unobserved_weight, 0.0, 1.0, low_open=True)
+        if self.objective == "ranking" and self.bias is True:
+            problems.append("bias must be false when objective is 'ranking' for NNMF; got bias=True")
+        return problems
+
+    @property
+    def effective_bias_reg(self) -> float:
+        """λ applied to the biases."""
+        return self.reg if self.bias_reg is None else self.bias_reg
+
+    def replace(self, **changes: Any) -> "SolverParams":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,212 @@
+"""Alternating projected-gradient NNMF: the outer loop around :func:`~nnmf_tf.halfstep.half_step`."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from nnmf_tf.data import Ratings
+from nnmf_tf.errors import ConvergenceWarning, check_factors_finite
+from nnmf_tf.halfstep import HalfStepResult, half_step
+from nnmf_tf.init import default_scale, initial_factors
+from nnmf_tf.model import Factors, objective
+from nnmf_tf.params import SolverParams, check_int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`fit`.
+
+    Attributes
+    ----------
+    factors : Factors
+    n_iter : int
+        Outer iterations run.
+    objective_history : list of float
+        The objective after each outer iteration (its first entry is after iteration 1).
+    initial_objective : float
+        The objective at the initial factors.
+    pg_norm_history : list of float
+        Norm of the full projected gradient seen by each iteration's two half-steps.
+    converged : bool
+        Whether the relative-decrease tolerance was met before ``max_iter``.
+    seconds : float
+        Wall time of the fit.
+    """
+
+    factors: Factors
+    n_iter: int
+    objective_history: list[float]
+    initial_objective: float
+    pg_norm_history: list[float] = field(default_factory=list)
+    converged: bool = False
+    seconds: float = 0.0
+
+
+def _block_bounds(n: int, blocks: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, n, blocks + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _blocked_half_step(
+    ratings: Ratings,
+    other: np.ndarray,
+    other_bias: np.ndarray | None,
+    current: np.ndarray,
+    current_bias: np.ndarray | None,
+    params: SolverParams,
+    global_mean: float,
+    blocks: int,
+    strategy: tf.distribute.Strategy | None,
+    side: str,
+    iteration: int,
+) -> tuple[np.ndarray, np.ndarray | None, float, float, float]:
+    """One half-step, block of rows by block of rows, each block reading the whole other side."""
+    factors, biases, totals = [], [], np.zeros(3)
+    for block, (start, stop) in enumerate(_block_bounds(current.shape[0], blocks)):
+        result: HalfStepResult = half_step(
+            ratings.row_block(start, stop),
+            other,
+            current[start:stop],
+            params,
+            other_bias=other_bias,
+            current_bias=None if current_bias is None else current_bias[start:stop],
+            global_mean=global_mean,
+            strategy=strategy,
+        )
+        check_factors_finite(result.factors, side=side, iteration=iteration, block=block if blocks > 1 else None)
+        if result.bias is not None and not np.all(np.isfinite(result.bias)):
+            check_factors_finite(result.bias, side=f"{side} bias", iteration=iteration, block=block)
+        factors.append(result.factors)
+        biases.append(result.bias)
+        totals += (result.objective, result.penalty, result.pg_norm_sq)
+    bias = np.concatenate(biases) if params.bias else None
+    return np.concatenate(factors), bias, *totals
+
+
+def initial_model(ratings: Ratings, params: SolverParams, row_keys=None, col_keys=None) -> Factors:
+    """The starting point of :func:`fit`: seeded factors from each row's key, zero biases.
+
+    ``row_keys`` / ``col_keys`` (uint64 per row / column) default to the indices; the
+    pipeline passes hashes of the external ids, so a row starts from the same values
+    whatever its position.
+    """
+    n_rows, n_cols = ratings.shape
+    mean = ratings.mean()
+    if params.init_scale is not None:
+        scale = params.init_scale
+    elif params.bias:
+        scale = default_scale(1.0, params.rank)
+    else:
+        scale = default_scale(mean, params.rank)
+    rows = np.arange(n_rows) if row_keys is None else row_keys
+    cols = np.arange(n_cols) if col_keys is None else col_keys
+    w = initial_factors(rows, params.rank, params.seed, scale, salt=0)
+    h = initial_factors(cols, params.rank, params.seed, scale, salt=1)
+    if params.bias:
+        return Factors(w, h, np.zeros(n_rows, np.float32), np.zeros(n_cols, np.float32), mean)
+    return Factors(w, h)
+
+
+def fit(
+    ratings: Ratings,
+    params: SolverParams,
+    *,
+    init: Factors | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    row_blocks: int = 1,
+    col_blocks: int = 1,
+    callback: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Fit non-negative factors by alternating projected gradient.
+
+    Each outer iteration updates every user row given the item factors, then every item
+    row given the new user factors (:func:`~nnmf_tf.halfstep.half_step` on the transposed
+    problem). It stops after ``params.max_iter`` iterations, or earlier when the objective's
+    relative decrease over an iteration falls below ``params.tol`` (when ``tol > 0``).
+
+    Parameters
+    ----------
+    ratings : SparseRatings or MaskedDense of shape (n_users, n_items)
+    params : SolverParams
+    init : Factors, optional
+        Warm start (e.g. yesterday's model); default :func:`initial_model`.
+    strategy : tf.distribute.Strategy, optional
+        Spreads each half-step's rows over its replicas.
+    row_blocks, col_blocks : int, default=1
+        Run each half-step block by block (contiguous ranges of rows / columns), as the
+        pipeline does; the result does not depend on the layout.
+    callback : callable(iteration, objective), optional
+        Called after each outer iteration.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    NNMFFitError
+        When a half-step produces non-finite or negative factors.
+    """
+    problems = check_int("row_blocks", row_blocks, 1, "fit") + check_int("col_blocks", col_blocks, 1, "fit")
+    if problems:
+        raise ValueError("; ".join(problems))
+    started = time.perf_counter()
+    model = init if init is not None else initial_model(ratings, params)
+    n_users, n_items = ratings.shape
+    if model.user_factors.shape != (n_users, params.rank) or model.item_factors.shape != (n_items, params.rank):
+        raise ValueError(
+            f"init factors must have shapes {(n_users, params.rank)} and {(n_items, params.rank)}; got "
+            f"{model.user_factors.shape} and {model.item_factors.shape}"
+        )
+    if params.bias and not model.biased:
+        model = Factors(
+            model.user_factors, model.item_factors, np.zeros(n_users, np.float32), np.zeros(n_items, np.float32),
+            ratings.mean(),
+        )
+    transposed = ratings.transpose()
+    w, h = model.user_factors.astype(np.float32), model.item_factors.astype(np.float32)
+    bu, bi, mu = model.user_bias, model.item_bias, model.global_mean if params.bias else 0.0
+    initial = objective(ratings, model, params)
+    history: list[float] = []
+    pg_history: list[float] = []
+    converged = False
+    previous = initial
+    for iteration in range(1, params.max_iter + 1):
+        w, bu, _, user_penalty, user_pg = _blocked_half_step(
+            ratings, h, bi, w, bu, params, mu, row_blocks, strategy, "user", iteration
+        )
+        h, bi, item_objective, _, item_pg = _blocked_half_step(
+            transposed, w, bu, h, bi, params, mu, col_blocks, strategy, "item", iteration
+        )
+        current = item_objective + user_penalty
+        history.append(current)
+        pg_history.append(float(np.sqrt(user_pg + item_pg)))
+        if callback is not None:
+            callback(iteration, current)
+        if params.tol > 0 and (previous - current) <= params.tol * max(abs(previous), 1e-30):
+            converged = True
+            break
+        previous = current
+    if params.tol > 0 and not converged:
+        warnings.warn(
+            f"stopped at max_iter={params.max_iter} with relative objective decrease above tol={params.tol}; "
+            "raise max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    factors = Factors(w, h, bu, bi, mu) if params.bias else Factors(w, h)
+    return FitResult(
+        factors=factors,
+        n_iter=len(history),
+        objective_history=history,
+        initial_objective=initial,
+        pg_norm_history=pg_history,
+        converged=converged,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,114 @@
+"""Top-N recommendation, computed one block of users against one block of items at a time.
+
+The users × items score matrix is never formed: each user chunk streams over item blocks
+and keeps a running top-N merged with ``tf.math.top_k``, so memory is
+``user_block × (item_block + n)`` scores whatever the catalogue size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from nnmf_tf.data import SparseRatings
+from nnmf_tf.model import Factors
+from nnmf_tf.params import check_int
+
+
+@tf.function(
+    input_signature=[
+        tf.TensorSpec([None, None], tf.float32, name="users"),
+        tf.TensorSpec([None, None], tf.float32, name="items"),
+        tf.TensorSpec([None], tf.float32, name="item_bias"),
+        tf.TensorSpec([], tf.int64, name="first_item"),
+        tf.TensorSpec([None, 2], tf.int64, name="excluded"),
+        tf.TensorSpec([None, None], tf.float32, name="best_scores"),
+        tf.TensorSpec([None, None], tf.int64, name="best_items"),
+        tf.TensorSpec([], tf.int32, name="n"),
+    ]
+)
+def _merge_item_block(users, items, item_bias, first_item, excluded, best_scores, best_items, n):
+    """Score one item block for a chunk of users and merge it into the running top-``n``.
+
+    ``tf.math.top_k`` puts the lower position first among equal scores; the running best
+    (earlier, lower item indices) comes before the block (ascending indices), so ties are
+    broken by ascending item index.
+    """
+    scores = tf.matmul(users, items, transpose_b=True) + item_bias[None, :]
+    scores = tf.tensor_scatter_nd_update(
+        scores, excluded, tf.fill(tf.shape(excluded)[:1], tf.constant(-np.inf, tf.float32))
+    )
+    block_items = first_item + tf.range(tf.shape(items, out_type=tf.int64)[0])
+    block_items = tf.broadcast_to(block_items[None, :], tf.shape(scores, out_type=tf.int64))
+    all_scores = tf.concat([best_scores, scores], axis=1)
+    all_items = tf.concat([best_items, block_items], axis=1)
+    top = tf.math.top_k(all_scores, k=tf.minimum(n, tf.shape(all_scores)[1]), sorted=True)
+    return top.values, tf.gather(all_items, top.indices, batch_dims=1)
+
+
+def top_n(
+    factors: Factors,
+    n: int,
+    *,
+    exclude: SparseRatings | None = None,
+    user_block_size: int = 2048,
+    item_block_size: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``n`` best-scored items.
+
+    Parameters
+    ----------
+    factors : Factors
+        Scores are ``μ + b_u + b_i + w_u · h_i`` (``w_u · h_i`` for an unbiased model).
+    n : int
+        Items per user; may exceed the number of items.
+    exclude : SparseRatings of shape (n_users, n_items), optional
+        Pairs never recommended (typically the training ratings: already-rated items).
+    user_block_size, item_block_size : int
+        Scores are computed ``user_block_size × item_block_size`` at a time.
+
+    Returns
+    -------
+    items : np.ndarray of int64, shape (n_users, n)
+        Item indices, best first; ties by ascending index. Padded with -1 where a user has
+        fewer than ``n`` candidates.
+    scores : np.ndarray of float32, shape (n_users, n)
+        Their scores; ``-inf`` where padded.
+    """
+    problems = check_int("n", n, 1, "top_n") + check_int("user_block_size", user_block_size, 1, "top_n")
+    problems += check_int("item_block_size", item_block_size, 1, "top_n")
+    w, h = factors.user_factors.astype(np.float32), factors.item_factors.astype(np.float32)
+    n_users, n_items = w.shape[0], h.shape[0]
+    if exclude is not None and exclude.shape != (n_users, n_items):
+        problems.append(f"exclude must have shape {(n_users, n_items)} for top_n; got {exclude.shape}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    item_bias = factors.item_bias.astype(np.float32) if factors.biased else np.zeros(n_items, np.float32)
+    user_offset = (
+        factors.global_mean + factors.user_bias.astype(np.float32) if factors.biased else np.zeros(n_users, np.float32)
+    )
+    items_out = np.full((n_users, n), -1, np.int64)
+    scores_out = np.full((n_users, n), -np.inf, np.float32)
+    for u0 in range(0, n_users, user_block_size):
+        u1 = min(u0 + user_block_size, n_users)
+        if exclude is not None:
+            lo, hi = exclude.row_splits[u0], exclude.row_splits[u1]
+            ex_rows, ex_cols = exclude.rows[lo:hi].astype(np.int64) - u0, exclude.cols[lo:hi].astype(np.int64)
+        best_scores = tf.zeros((u1 - u0, 0), tf.float32)
+        best_items = tf.zeros((u1 - u0, 0), tf.int64)
+        for i0 in range(0, n_items, item_block_size):
+            i1 = min(i0 + item_block_size, n_items)
+            if exclude is not None:
+                inside = (ex_cols >= i0) & (ex_cols < i1)
+                excluded = np.stack([ex_rows[inside], ex_cols[inside] - i0], axis=1)
+            else:
+                excluded = np.zeros((0, 2), np.int64)
+            best_scores, best_items = _merge_item_block(
+                w[u0:u1], h[i0:i1], item_bias[i0:i1], np.int64(i0), excluded, best_scores, best_items, np.int32(n)
+            )
+        scores = best_scores.numpy()
+        found = np.isfinite(scores)
+        width = scores.shape[1]
+        items_out[u0:u1, :width] = np.where(found, best_items.numpy(), -1)
+        scores_out[u0:u1, :width] = np.where(found, scores + user_offset[u0:u1, None], -np.inf)
+    return items_out, scores_out

@@ -1,0 +1,212 @@
+"""Blocked ratings and factors: what moves between the pipeline's stages.
+
+Users are hashed into ``user_blocks`` blocks and items into ``item_blocks`` blocks. Within a
+block, rows are numbered by sorted external id (the block-local index). Across blocks, the
+*global* index of a row is its block's offset (blocks in ascending order, each as long as its
+vocabulary) plus its local index: that is the column a rating refers to in the other side's
+concatenated factor matrix.
+
+Everything here is plain numpy/pyarrow so it can be tested without Beam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from nnmf_tf.data import SparseRatings
+from pipeline import schemas
+from pipeline.ids import block_of, stable_hash
+
+USER_BLOCK_SALT = 1
+ITEM_BLOCK_SALT = 2
+
+
+def user_block_of(user_ids, n_blocks: int) -> np.ndarray:
+    """User block of each user id."""
+    return block_of(user_ids, n_blocks, salt=USER_BLOCK_SALT)
+
+
+def item_block_of(item_ids, n_blocks: int) -> np.ndarray:
+    """Item block of each item id."""
+    return block_of(item_ids, n_blocks, salt=ITEM_BLOCK_SALT)
+
+
+def row_keys(ids: np.ndarray) -> np.ndarray:
+    """The key each row's initial factors derive from: the stable hash of its id."""
+    return stable_hash(ids)
+
+
+def id_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Ids as numpy: int64 for integer ids, object (str) for string ids."""
+    values = column.to_numpy(zero_copy_only=False) if hasattr(column, "to_numpy") else np.asarray(column)
+    return values.astype(np.int64) if values.dtype.kind in "iu" else values.astype(object)
+
+
+@dataclass(frozen=True)
+class FactorBlock:
+    """One block's factor rows (and biases), in block-local order.
+
+    Attributes
+    ----------
+    factors : np.ndarray of float32, shape (n_rows, rank)
+    bias : np.ndarray of float32, shape (n_rows,), or None
+    """
+
+    factors: np.ndarray
+    bias: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A user block's held-out ratings.
+
+    ``rows`` index the block's users (-1: a user without training ratings), ``cols`` the
+    global item index (-1: an item without training ratings).
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class RatingsBlock:
+    """The training ratings of one block of rows, grouped once and reused every iteration.
+
+    Attributes
+    ----------
+    side : {'user', 'item'}
+    block : int
+    ids : np.ndarray
+        External ids of the block's rows, sorted; row ``r`` is ``ids[r]``.
+    ratings : SparseRatings
+        Rows: block-local index; columns: global index on the other side.
+    heldout : HeldOut or None
+        User blocks only.
+    """
+
+    side: str
+    block: int
+    ids: np.ndarray
+    ratings: SparseRatings
+    heldout: HeldOut | None = None
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Initialisation keys of the rows."""
+        return row_keys(self.ids)
+
+
+def offsets(sizes: Mapping[int, int]) -> dict[int, int]:
+    """Global index of each block's first row: blocks in ascending order."""
+    result, total = {}, 0
+    for block in sorted(sizes):
+        result[block] = total
+        total += int(sizes[block])
+    return result
+
+
+def concat_ids(vocab: Mapping[int, np.ndarray]) -> np.ndarray:
+    """All ids in global order (blocks ascending)."""
+    parts = [vocab[b] for b in sorted(vocab)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def concat_factors(blocks: Mapping[int, FactorBlock], rank: int) -> FactorBlock:
+    """All factor rows in global order (blocks ascending)."""
+    ordered = [blocks[b] for b in sorted(blocks)]
+    if not ordered:
+        return FactorBlock(np.zeros((0, rank), np.float32), None)
+    factors = np.concatenate([block.factors for block in ordered])
+    bias = None if ordered[0].bias is None else np.concatenate([block.bias for block in ordered])
+    return FactorBlock(factors, bias)
+
+
+def global_index(ids: np.ndarray, vocab: Mapping[int, np.ndarray], block_ids: np.ndarray) -> np.ndarray:
+    """Global index of each id given its block, -1 for ids absent from the vocabulary."""
+    starts = offsets({b: len(v) for b, v in vocab.items()})
+    out = np.full(len(ids), -1, np.int64)
+    for block in np.unique(block_ids):
+        where = np.flatnonzero(block_ids == block)
+        known = vocab.get(int(block))
+        if known is None or len(known) == 0:
+            continue
+        position = np.searchsorted(known, ids[where])
+        position = np.minimum(position, len(known) - 1)
+        found = known[position] == ids[where]
+        out[where[found]] = starts[int(block)] + position[found]
+    return out
+
+
+def build_user_block(
+    block: int,
+    train: pa.Table,
+    heldout: pa.Table,
+    item_vocab: Mapping[int, np.ndarray],
+    item_blocks: int,
+) -> tuple[RatingsBlock, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A user block's ratings, and its entries for each item block.
+
+    Parameters
+    ----------
+    block : int
+    train, heldout : pa.Table
+        Deduplicated ratings of this block's users.
+    item_vocab : mapping item block -> sorted item ids (training items)
+    item_blocks : int
+
+    Returns
+    -------
+    user_block : RatingsBlock
+        Columns are global item indices.
+    item_entries : dict item block -> (item local index, user local index, rating)
+        The same ratings seen from the item side; the user index still needs this block's
+        offset.
+    """
+    user_ids = id_array(train.column(schemas.USER_ID))
+    item_ids = id_array(train.column(schemas.ITEM_ID))
+    ids, rows = np.unique(user_ids, return_inverse=True)
+    item_blocks_of = item_block_of(item_ids, item_blocks)
+    cols = global_index(item_ids, item_vocab, item_blocks_of)
+    values = train.column(schemas.RATING).to_numpy().astype(np.float32)
+    n_items = sum(len(v) for v in item_vocab.values())
+    ratings = SparseRatings(rows, cols, values, (len(ids), n_items))
+
+    h_users = id_array(heldout.column(schemas.USER_ID))
+    h_items = id_array(heldout.column(schemas.ITEM_ID))
+    h_rows = global_index(h_users, {0: ids}, np.zeros(len(h_users), np.int32))
+    h_cols = global_index(h_items, item_vocab, item_block_of(h_items, item_blocks))
+    held = HeldOut(h_rows, h_cols, heldout.column(schemas.RATING).to_numpy().astype(np.float32))
+
+    starts = offsets({b: len(v) for b, v in item_vocab.items()})
+    entries = {}
+    for item_block in np.unique(item_blocks_of):
+        where = item_blocks_of == item_block
+        entries[int(item_block)] = (cols[where] - starts[int(item_block)], rows[where], values[where])
+    return RatingsBlock("user", block, ids, ratings, held), entries
+
+
+def build_item_block(
+    block: int,
+    item_ids: np.ndarray,
+    parts: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    user_sizes: Mapping[int, int],
+) -> RatingsBlock:
+    """An item block's ratings from the entries each user block sent it.
+
+    ``parts`` holds ``(user block, (item local, user local, rating))``; columns become global
+    user indices.
+    """
+    starts = offsets(user_sizes)
+    n_users = sum(int(n) for n in user_sizes.values())
+    rows = [part[0] for _, part in parts]
+    cols = [starts[user_block] + part[1] for user_block, part in parts]
+    values = [part[2] for _, part in parts]
+    if not parts:
+        rows, cols, values = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    ratings = SparseRatings(np.concatenate(rows), np.concatenate(cols), np.concatenate(values), (len(item_ids), n_users))
+    return RatingsBlock("item", block, item_ids, ratings)

@@ -1,0 +1,146 @@
+"""Factorize: alternating half-steps over blocks, iterations unrolled in the Beam graph.
+
+::
+
+    for t in 1..T:
+        W_t = user blocks ─ ParDo(UserHalfStep) ◄─ side inputs: H_{t-1} (all blocks), W_{t-1} (warm start)
+        H_t = item blocks ─ ParDo(ItemHalfStep) ◄─ side inputs: W_t, H_{t-1}
+
+Each ParDo calls :func:`nnmf_tf.halfstep.half_step` on one block with the other side's
+whole factor matrix, so the result is the same whatever the block layout. Only factors
+move between iterations; the rating blocks were grouped once by :class:`BlockRatings`.
+"""
+
+from __future__ import annotations
+
+import time
+import typing
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+
+from nnmf_tf.init import default_scale, initial_factors
+from nnmf_tf.params import SolverParams
+from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, row_keys
+
+STATS = "stats"
+SIDE_SALT = {"user": 0, "item": 1}
+
+
+def initial_scale(params: SolverParams, global_mean: float) -> float:
+    """Scale of the initial factors, as :func:`nnmf_tf.solver.initial_model` chooses it."""
+    if params.init_scale is not None:
+        return params.init_scale
+    return default_scale(1.0 if params.bias else global_mean, params.rank)
+
+
+def initial_block(side: str, block: int, ids: np.ndarray, params: SolverParams, global_mean: float):
+    """``(block, FactorBlock)`` of seeded initial factors (zero biases) for rows ``ids``."""
+    factors = initial_factors(row_keys(ids), params.rank, params.seed, initial_scale(params, global_mean), SIDE_SALT[side])
+    bias = np.zeros(len(ids), np.float32) if params.bias else None
+    return block, FactorBlock(factors, bias)
+
+
+class HalfStepFn(beam.DoFn):
+    """Update one block's factor rows given the other side's factors (one half-step)."""
+
+    def __init__(self, params: SolverParams, compute, side: str, iteration: int):
+        self._params, self._compute, self._side, self._iteration = params, compute, side, iteration
+        self._strategy = None
+
+    def setup(self) -> None:
+        from pipeline.tf_worker import worker_strategy
+
+        self._strategy = worker_strategy(self._compute)
+
+    def process(self, block: RatingsBlock, other: dict, previous: dict, global_mean: float):
+        from nnmf_tf.errors import NNMFFitError, check_factors_finite
+        from nnmf_tf.halfstep import half_step
+
+        started = time.perf_counter()
+        params = self._params
+        other_side = concat_factors(other, params.rank)
+        current = previous[block.block]
+        result = half_step(
+            block.ratings,
+            other_side.factors,
+            current.factors,
+            params,
+            other_bias=other_side.bias,
+            current_bias=current.bias,
+            global_mean=global_mean if params.bias else 0.0,
+            strategy=self._strategy,
+        )
+        check_factors_finite(result.factors, side=self._side, iteration=self._iteration, block=block.block)
+        if result.bias is not None and not np.all(np.isfinite(result.bias)):
+            raise NNMFFitError(
+                f"non-finite {self._side} bias after the {self._side} half-step of iteration "
+                f"{self._iteration} (block {block.block})"
+            )
+        yield block.block, FactorBlock(result.factors, result.bias)
+        yield pvalue.TaggedOutput(
+            STATS,
+            {
+                "iteration": self._iteration,
+                "side": self._side,
+                "block": block.block,
+                "objective": result.objective,
+                "penalty": result.penalty,
+                "pg_norm_sq": result.pg_norm_sq,
+                "inner_iters": result.inner_iters,
+                "rows": int(block.ratings.shape[0]),
+                "nnz": block.ratings.nnz,
+                "seconds": time.perf_counter() - started,
+            },
+        )
+
+
+class Factorize(beam.PTransform):
+    """Run ``params.max_iter`` alternating iterations over the blocks.
+
+    Input: a dict with ``user_blocks``, ``item_blocks``, ``item_vocab`` and ``global_mean``
+    (see :class:`~pipeline.block_ratings.BlockedRatings`). Output: a dict with
+    ``user_factors`` and ``item_factors`` (``(block, FactorBlock)``) and ``stats`` (one dict
+    per block and half-step).
+    """
+
+    def __init__(self, params: SolverParams, compute):
+        super().__init__()
+        self._params, self._compute = params, compute
+
+    def expand(self, blocked: dict) -> dict:
+        params = self._params
+        mean = pvalue.AsSingleton(blocked["global_mean"])
+        item_factors = blocked["item_vocab"] | "InitItemFactors" >> beam.Map(
+            lambda kv, m: initial_block("item", kv[0], kv[1], params, m), mean
+        ).with_output_types(typing.Any)
+        user_factors = blocked["user_blocks"] | "InitUserFactors" >> beam.Map(
+            lambda b, m: initial_block("user", b.block, b.ids, params, m), mean
+        ).with_output_types(typing.Any)
+        stats = []
+        for t in range(1, params.max_iter + 1):
+            user_step = self._half_step(blocked["user_blocks"], "user", t, item_factors, user_factors, mean)
+            user_factors = user_step.factors
+            item_step = self._half_step(blocked["item_blocks"], "item", t, user_factors, item_factors, mean)
+            item_factors = item_step.factors
+            stats += [user_step[STATS], item_step[STATS]]
+        all_stats = tuple(stats) | "FlattenStats" >> beam.Flatten()
+        return {"user_factors": user_factors, "item_factors": item_factors, "stats": all_stats}
+
+    def _half_step(self, rows, side: str, iteration: int, other, current, mean):
+        return rows | f"{side.capitalize()}HalfStep{iteration}" >> beam.ParDo(
+            HalfStepFn(self._params, self._compute, side, iteration),
+            pvalue.AsDict(other),
+            pvalue.AsDict(current),
+            mean,
+        ).with_output_types(typing.Any).with_outputs(STATS, main="factors")
+
+
+def training_loss(stats: list[dict]) -> list[tuple[int, float]]:
+    """The objective after each iteration: item-side objective plus user-side penalty."""
+    totals: dict[int, float] = {}
+    for row in stats:
+        part = row["objective"] if row["side"] == "item" else row["penalty"]
+        totals[row["iteration"]] = totals.get(row["iteration"], 0.0) + part
+    return sorted(totals.items())

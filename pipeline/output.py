@@ -1,0 +1,95 @@
+"""Run outputs: Parquet tables written to a staging folder, published only when complete.
+
+A run writes everything under ``<output>.staging`` and, once the pipeline succeeded, moves
+it to ``<output>`` and writes ``_SUCCESS`` last. A run killed midway leaves no ``_SUCCESS``,
+so nothing half-written ever looks finished; rerunning replaces the leftovers. An output
+that was published (has ``_SUCCESS``) is only replaced with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+SUCCESS = "_SUCCESS"
+STAGING_SUFFIX = ".staging"
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder holds a published run and overwrite was not requested."""
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs (``gs://``) alike."""
+    return FileSystems.join(base, *parts) if "://" in base else posixpath.join(base, *parts)
+
+
+def staging_path(output: str) -> str:
+    """Where a run writes before publishing."""
+    return output.rstrip("/") + STAGING_SUFFIX
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuse to start when ``output`` is a published run and ``overwrite`` is false."""
+    if FileSystems.exists(join(output, SUCCESS)) and not overwrite:
+        raise OutputExistsError(f"{output} holds a published run; pass --overwrite to replace it")
+
+
+def _delete_tree(path: str) -> None:
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def prepare_staging(output: str) -> str:
+    """An empty staging folder for a new run (leftovers of a killed run removed)."""
+    staging = staging_path(output)
+    _delete_tree(staging)
+    FileSystems.mkdirs(staging)
+    return staging
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Write ``payload`` as indented JSON to any Beam filesystem path."""
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+
+def publish(staging: str, output: str) -> None:
+    """Move the staging folder to ``output`` and mark it complete with ``_SUCCESS``."""
+    _delete_tree(output)
+    FileSystems.rename([staging], [output])
+    with FileSystems.create(join(output, SUCCESS)):
+        pass
+
+
+def read_table(folder: str, name: str) -> pa.Table:
+    """Read back one output table (all its Parquet shards)."""
+    paths = sorted(m.path for m in FileSystems.match([join(folder, name, "*.parquet")])[0].metadata_list)
+    tables = []
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            tables.append(pq.read_table(handle))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+class WriteTable(beam.PTransform):
+    """Write a PCollection of ``pa.Table`` batches as ``<folder>/<name>/part-*.parquet``."""
+
+    def __init__(self, folder: str, name: str, schema: pa.Schema, num_shards: int = 0):
+        super().__init__()
+        self._folder, self._name, self._schema, self._shards = folder, name, schema, num_shards
+
+    def expand(self, tables: beam.PCollection):
+        return tables | "WriteParquet" >> beam.io.WriteToParquetBatched(
+            join(self._folder, self._name, "part"),
+            self._schema,
+            codec="snappy",
+            file_name_suffix=".parquet",
+            num_shards=self._shards,
+        )

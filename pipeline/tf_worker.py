@@ -1,0 +1,31 @@
+"""TensorFlow on a Beam worker: configured once per process, one strategy reused by every DoFn.
+
+``DoFn.setup`` calls :func:`worker_strategy`; nothing here runs at import time, so the
+launcher process never runs a TensorFlow op before the workers configure their devices.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from pipeline.config import ComputeConfig
+
+_lock = threading.Lock()
+_strategies: dict[str, "tf.distribute.Strategy"] = {}
+
+
+def worker_strategy(compute: "ComputeConfig") -> "tf.distribute.Strategy":
+    """Configure this process's TensorFlow (first call) and return the strategy ``compute`` names."""
+    from nnmf_tf.device import DeviceSettings, configure, make_strategy
+
+    configure(
+        DeviceSettings(intra_op_threads=compute.intra_op_threads, logical_cpu_devices=compute.logical_cpu_devices)
+    )
+    with _lock:
+        if compute.strategy not in _strategies:
+            _strategies[compute.strategy] = make_strategy(compute.strategy)
+        return _strategies[compute.strategy]
