@@ -8,10 +8,12 @@ strategy still runs on one device; ``make_strategy("mirrored")`` gets two replic
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 import pytest
 
+from nnmf_tf.data import MaskedDense, SparseRatings
 from nnmf_tf.device import DeviceSettings, configure
 
 configure(DeviceSettings(logical_cpu_devices=2))
@@ -32,22 +34,44 @@ def rng(rng_seed: int) -> np.random.Generator:
     return np.random.default_rng(rng_seed)
 
 
-def random_masked(
-    rng: np.random.Generator, shape: tuple[int, int], rank: int, density: float, noise: float = 0.05
-) -> tuple[np.ndarray, np.ndarray]:
-    """A non-negative low-rank matrix plus noise and a random observation mask.
+MaskedProblem = Callable[..., tuple[np.ndarray, np.ndarray]]
 
-    Every row and every column keeps at least one observed entry.
 
-    Returns
-    -------
-    values : np.ndarray of float64, shape ``shape``
-    mask : np.ndarray of bool, shape ``shape``
+@pytest.fixture
+def masked_problem(rng: np.random.Generator) -> MaskedProblem:
+    """A factory of random masked matrices, drawn from the seeded :func:`rng`.
+
+    ``masked_problem(shape, rank, density, noise=0.05)`` returns ``(values, mask)``: a
+    non-negative rank-``rank`` matrix (entries of its factors uniform in [0.2, 1)) plus
+    Gaussian noise, and a boolean mask observing about ``density`` of the entries, with at
+    least one observed entry in every row and every column.
     """
-    n_rows, n_cols = shape
-    values = rng.uniform(0.2, 1.0, (n_rows, rank)) @ rng.uniform(0.2, 1.0, (n_cols, rank)).T
-    values = values + rng.normal(0.0, noise, shape)
-    mask = rng.random(shape) < density
-    mask[np.arange(n_rows), rng.integers(0, n_cols, n_rows)] = True
-    mask[rng.integers(0, n_rows, n_cols), np.arange(n_cols)] = True
-    return values, mask
+
+    def make(shape: tuple[int, int], rank: int, density: float, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        n_rows, n_cols = shape
+        values = rng.uniform(0.2, 1.0, (n_rows, rank)) @ rng.uniform(0.2, 1.0, (n_cols, rank)).T
+        values = values + rng.normal(0.0, noise, shape)
+        mask = rng.random(shape) < density
+        mask[np.arange(n_rows), rng.integers(0, n_cols, n_rows)] = True
+        mask[rng.integers(0, n_rows, n_cols), np.arange(n_cols)] = True
+        return values, mask
+
+    return make
+
+
+AsRatings = Callable[[np.ndarray, np.ndarray, str], SparseRatings | MaskedDense]
+
+
+@pytest.fixture
+def as_ratings() -> AsRatings:
+    """``as_ratings(values, mask, kind)``: the masked matrix as ``"sparse"`` (:class:`SparseRatings`)
+    or ``"dense"`` (:class:`MaskedDense`)."""
+
+    def convert(values: np.ndarray, mask: np.ndarray, kind: str) -> SparseRatings | MaskedDense:
+        if kind == "sparse":
+            return SparseRatings.from_dense(values, mask)
+        if kind == "dense":
+            return MaskedDense(values, mask)
+        raise ValueError(f"kind must be 'sparse' or 'dense'; got {kind!r}")
+
+    return convert
