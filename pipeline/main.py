@@ -74,6 +74,10 @@ def _metrics_rows(stats, evaluation, counts, n_read, n_rejected, k) -> "typing.A
         totals[name] = totals.get(name, 0.0) + value
     rows += [(name, None, value) for name, value in sorted(totals.items())]
     rows += [("train_loss", iteration, loss) for iteration, loss in training_loss(stats)]
+    seconds: dict[int, float] = {}
+    for row in stats:
+        seconds[row["iteration"]] = seconds.get(row["iteration"], 0.0) + row["seconds"]
+    rows += [("halfstep_seconds", iteration, value) for iteration, value in sorted(seconds.items())]
     if evaluation:
         rows += [(f"heldout_{name}", None, value) for name, value in summarize_evaluation(evaluation, k).items()]
     return tables.metrics_table(rows)
