@@ -22,7 +22,7 @@ import argparse
 import contextlib
 import itertools
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -128,32 +128,37 @@ def generate_ratings(
     _check_arguments(n_users, n_items, n_ratings, rank, noise, seed, rating_min, rating_max, rating_step)
     user_factors, item_factors = planted_model(n_users, n_items, rank, seed, rating_min, rating_max)
     popularity = _item_popularity(n_items, popularity_skew, _rng(seed, 1))
-    counts = _ratings_per_user(n_users, n_ratings, int(_MAX_USER_SHARE * n_items), _rng(seed, 2))
+    counts = _ratings_per_user(n_users, n_ratings, _max_per_user(n_items), _rng(seed, 2))
     id_type = "string" if string_ids else "int"
     schema = schemas.input_schema(id_type, id_type)
     ends = np.cumsum(counts)
     bounds = np.searchsorted(ends, np.arange(chunk_rows, n_ratings, chunk_rows), side="left") + 1
-    for chunk, (first, stop) in enumerate(zip(np.r_[0, bounds], np.r_[bounds, n_users])):
-        if first >= stop:
-            continue
-        rng = _rng(seed, 3, chunk)
-        local_users, items = _sample_items(counts[first:stop], popularity, rng)
-        users = local_users + first
-        scores = np.einsum("ij,ij->i", user_factors[users], item_factors[items], dtype=np.float64)
-        noisy = scores + noise * rng.standard_normal(len(users))
-        steps = np.round((noisy - rating_min) / rating_step)
-        ratings = np.clip(rating_min + steps * rating_step, rating_min, rating_max).astype(np.float32)
-        timestamps = _TIME_START + rng.integers(0, _TIME_SPAN, size=len(users), dtype=np.int64)
-        order = rng.permutation(len(users))
-        yield pa.Table.from_arrays(
-            [
-                _ids(users[order] + 1, "u", string_ids),
-                _ids(items[order] + 1, "i", string_ids),
-                pa.array(ratings[order]),
-                pa.array(timestamps[order]),
-            ],
-            schema=schema,
-        )
+
+    def chunks() -> Iterator[pa.Table]:
+        for chunk, (first, stop) in enumerate(zip(np.r_[0, bounds], np.r_[bounds, n_users])):
+            if first >= stop:
+                continue
+            rng = _rng(seed, 3, chunk)
+            local_users, items = _sample_items(counts[first:stop], popularity, rng)
+            users = local_users + first
+            scores = np.einsum("ij,ij->i", user_factors[users], item_factors[items], dtype=np.float64)
+            noisy = scores + noise * rng.standard_normal(len(users))
+            steps = np.round((noisy - rating_min) / rating_step)
+            ratings = np.clip(rating_min + steps * rating_step, rating_min, rating_max).astype(np.float32)
+            timestamps = _TIME_START + rng.integers(0, _TIME_SPAN, size=len(users), dtype=np.int64)
+            order = rng.permutation(len(users))
+            yield pa.Table.from_arrays(
+                [
+                    _ids(users[order] + 1, "u", string_ids),
+                    _ids(items[order] + 1, "i", string_ids),
+                    pa.array(ratings[order]),
+                    pa.array(timestamps[order]),
+                ],
+                schema=schema,
+            )
+
+    # Arguments are checked above, when called; the chunks are made as they are consumed.
+    return chunks()
 
 
 def _check_arguments(
@@ -174,14 +179,20 @@ def _check_arguments(
     if noise < 0:
         problems.append(f"noise must be >= 0; got {noise}")
     if not (rating_min < rating_max and rating_step > 0):
-        problems.append(f"need rating_min < rating_max and rating_step > 0; got {rating_min}, {rating_max}, {rating_step}")
-    capacity = n_users * int(_MAX_USER_SHARE * n_items)
+        problems.append(
+            f"need rating_min < rating_max and rating_step > 0; got {rating_min}, {rating_max}, {rating_step}"
+        )
+    capacity = n_users * _max_per_user(n_items)
     if n_ratings > capacity:
         problems.append(
             f"n_ratings must be at most {capacity} ({_MAX_USER_SHARE:.0%} of {n_users} x {n_items}); got {n_ratings}"
         )
     if problems:
         raise ValueError("invalid generator arguments: " + "; ".join(problems))
+
+
+def _max_per_user(n_items: int) -> int:
+    return max(1, int(_MAX_USER_SHARE * n_items))
 
 
 def _item_popularity(n_items: int, skew: float, rng: np.random.Generator) -> np.ndarray:
@@ -201,7 +212,9 @@ def _ratings_per_user(n_users: int, n_ratings: int, cap: int, rng: np.random.Gen
     return counts
 
 
-def _sample_items(counts: np.ndarray, popularity: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _sample_items(
+    counts: np.ndarray, popularity: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """For each user ``u``, ``counts[u]`` distinct items drawn with probability ``popularity``.
 
     Rounds of draws with replacement (duplicates discarded, surplus trimmed at random) settle
@@ -290,6 +303,7 @@ def write_shards(
     out_dir : str
         Local folder, created if needed.
     n_shards : int
+        Number of files, each named ``ratings-<i>-of-<n_shards>`` (5-digit numbers).
     format : {'csv', 'parquet'}, default='csv'
         CSV files have a header line and no quoting; Parquet files keep the tables' schema.
     compression : {'none', 'gzip', 'bz2', 'zstd'}, default='none'
@@ -322,7 +336,9 @@ def write_shards(
 
 
 @contextlib.contextmanager
-def _writer(path: str, schema: pa.Schema, format: str, compression: str) -> Iterator[pacsv.CSVWriter | pq.ParquetWriter]:
+def _writer(
+    path: str, schema: pa.Schema, format: str, compression: str
+) -> Iterator[pacsv.CSVWriter | pq.ParquetWriter]:
     if format == "parquet":
         with pq.ParquetWriter(path, schema, compression=compression) as writer:
             yield writer
@@ -334,7 +350,16 @@ def _writer(path: str, schema: pa.Schema, format: str, compression: str) -> Iter
             yield writer
 
 
-def save_truth(out_dir: str, n_users: int, n_items: int, rank: int, seed: int, rating_min: float, rating_max: float, string_ids: bool) -> str:
+def save_truth(
+    out_dir: str,
+    n_users: int,
+    n_items: int,
+    rank: int,
+    seed: int,
+    rating_min: float,
+    rating_max: float,
+    string_ids: bool,
+) -> str:
     """Write the planted factors with their ids to ``out_dir/planted_model.npz``.
 
     The archive holds ``user_ids``, ``item_ids`` (as in the ratings files), ``user_factors`` and
@@ -342,10 +367,11 @@ def save_truth(out_dir: str, n_users: int, n_items: int, rank: int, seed: int, r
     """
     user_factors, item_factors = planted_model(n_users, n_items, rank, seed, rating_min, rating_max)
     path = os.path.join(out_dir, TRUTH_FILE)
+    id_dtype = str if string_ids else np.int64
     np.savez(
         path,
-        user_ids=_ids(np.arange(1, n_users + 1), "u", string_ids).to_numpy(zero_copy_only=False),
-        item_ids=_ids(np.arange(1, n_items + 1), "i", string_ids).to_numpy(zero_copy_only=False),
+        user_ids=_ids(np.arange(1, n_users + 1), "u", string_ids).to_numpy(zero_copy_only=False).astype(id_dtype),
+        item_ids=_ids(np.arange(1, n_items + 1), "i", string_ids).to_numpy(zero_copy_only=False).astype(id_dtype),
         user_factors=user_factors,
         item_factors=item_factors,
     )
@@ -363,8 +389,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--shards", type=int, default=4, help="number of output files (default: %(default)s)")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (default: %(default)s)")
-    parser.add_argument("--skew", type=float, default=1.0, help="Zipf exponent of item popularity (default: %(default)s)")
-    parser.add_argument("--compression", choices=COMPRESSIONS, default="none", help="compression (default: %(default)s)")
+    parser.add_argument(
+        "--skew", type=float, default=1.0, help="Zipf exponent of item popularity (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--compression", choices=COMPRESSIONS, default="none", help="compression (default: %(default)s)"
+    )
     parser.add_argument("--rating-min", type=float, default=0.5, help="smallest rating (default: %(default)s)")
     parser.add_argument("--rating-max", type=float, default=5.0, help="largest rating (default: %(default)s)")
     parser.add_argument("--rating-step", type=float, default=0.5, help="rating granularity (default: %(default)s)")

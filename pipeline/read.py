@@ -26,9 +26,10 @@ import csv
 import dataclasses
 import logging
 import typing
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -108,7 +109,9 @@ class ReadSettings:
             problems.append(f"delimiter must be one character; got {self.delimiter!r}")
         for id_setting in ("user_id_type", "item_id_type"):
             if getattr(self, id_setting) not in schemas.ID_TYPES:
-                problems.append(f"{id_setting} must be one of {sorted(schemas.ID_TYPES)}; got {getattr(self, id_setting)!r}")
+                problems.append(
+                    f"{id_setting} must be one of {sorted(schemas.ID_TYPES)}; got {getattr(self, id_setting)!r}"
+                )
         for setting in SETTING_OF_COLUMN.values():
             spec = getattr(self, setting)
             if spec is None and setting == "timestamp_column":
@@ -316,7 +319,9 @@ def _parquet_columns(schema: pa.Schema, settings: ReadSettings, path: str) -> di
         setting = SETTING_OF_COLUMN[name]
         if isinstance(spec, int):
             if spec >= len(schema):
-                raise InputStructureError(f"{path}: {setting} is position {spec} but the file has {len(schema)} columns")
+                raise InputStructureError(
+                    f"{path}: {setting} is position {spec} but the file has {len(schema)} columns"
+                )
             field = schema.field(spec)
         elif spec in schema.names:
             field = schema.field(spec)
@@ -492,7 +497,7 @@ def _parse_block_python(block: bytes, n_columns: int, positions: dict[str, int],
 
 
 def _shown(line: bytes) -> str:
-    """A line as text, invalid UTF-8 bytes written as ``\\xNN`` escapes."""
+    r"""A line as text, invalid UTF-8 bytes written as ``\xNN`` escapes."""
     return line.removesuffix(b"\r").decode("utf-8", "backslashreplace")
 
 

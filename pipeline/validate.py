@@ -1,4 +1,4 @@
-"""Validate raw rating batches into typed ratings and rejected rows: the ``ValidateRatings`` stage.
+r"""Validate raw rating batches into typed ratings and rejected rows: the ``ValidateRatings`` stage.
 
 Each raw row (see :mod:`pipeline.read`) is either valid, and becomes one row of
 :func:`pipeline.schemas.ratings_schema`, or rejected, and becomes one row of
@@ -9,7 +9,7 @@ the line itself, ``user_id``, ``item_id``, ``rating``, ``timestamp``. Reasons re
 field              reason
 =================  =====================================================================
 ``<line>``         ``expected 4 columns, got 3`` (value: the raw line)
-any                ``not valid UTF-8`` (value: the bytes, ``\\xNN``-escaped)
+any                ``not valid UTF-8`` (value: the bytes, ``\xNN``-escaped)
 ids, rating        ``user_id is empty`` (blank text), ``user_id is missing`` (null)
 int ids            ``user_id must be an integer in the int64 range; got '99999999999999999999'``
 rating             ``rating must be a finite number in [0.5, 5.0]; got '-3'``
@@ -27,8 +27,9 @@ import collections
 import dataclasses
 import math
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -67,7 +68,9 @@ class ValidationSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if not (math.isfinite(self.rating_min) and math.isfinite(self.rating_max) and self.rating_min < self.rating_max):
+        if not (
+            math.isfinite(self.rating_min) and math.isfinite(self.rating_max) and self.rating_min < self.rating_max
+        ):
             problems.append(
                 f"rating_min and rating_max must be finite with rating_min < rating_max; "
                 f"got {self.rating_min!r} and {self.rating_max!r}"
@@ -76,7 +79,9 @@ class ValidationSettings:
             problems.append(f"max_rejected_fraction must be in [0, 1]; got {self.max_rejected_fraction!r}")
         for id_setting in ("user_id_type", "item_id_type"):
             if getattr(self, id_setting) not in schemas.ID_TYPES:
-                problems.append(f"{id_setting} must be one of {sorted(schemas.ID_TYPES)}; got {getattr(self, id_setting)!r}")
+                problems.append(
+                    f"{id_setting} must be one of {sorted(schemas.ID_TYPES)}; got {getattr(self, id_setting)!r}"
+                )
         if problems:
             raise ValueError("invalid validation settings: " + "; ".join(problems))
 
@@ -105,6 +110,7 @@ def validate_batch(raw: pa.Table, settings: ValidationSettings) -> tuple[pa.Tabl
         optionally ``timestamp`` (text or typed), ``source``, ``row`` and optionally
         ``parse_error`` / ``raw_line``.
     settings : ValidationSettings
+        The valid rating range and the id types.
 
     Returns
     -------
@@ -253,23 +259,24 @@ def _validate(raw: pa.Table, settings: ValidationSettings) -> tuple[pa.Table, pa
         timestamps = _check_timestamp(_column(raw, schemas.TIMESTAMP), rejections)
     else:
         timestamps = pa.nulls(n, pa.int64())
-    index = np.flatnonzero(rejections.ok)
-    valid = pa.Table.from_arrays(
-        [
-            user_ids.take(index),
-            item_ids.take(index),
-            ratings.take(index),
-            timestamps.take(index),
-            _column(raw, schemas.SOURCE).take(index).cast(pa.string()),
-            _column(raw, schemas.ROW).take(index).cast(pa.int64()),
-        ],
-        schema=schemas.ratings_schema(settings.user_id_type, settings.item_id_type),
-    )
+    columns = [
+        user_ids,
+        item_ids,
+        ratings,
+        timestamps,
+        _column(raw, schemas.SOURCE).cast(pa.string()),
+        _column(raw, schemas.ROW).cast(pa.int64()),
+    ]
+    if not rejections.ok.all():
+        index = np.flatnonzero(rejections.ok)
+        columns = [column.take(index) for column in columns]
+    valid = pa.Table.from_arrays(columns, schema=schemas.ratings_schema(settings.user_id_type, settings.item_id_type))
     return valid, rejections.table(raw), dict(rejections.counts)
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
-    array = table.column(name).combine_chunks()
+    chunked = table.column(name)
+    array = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
     return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
 
 
@@ -320,8 +327,18 @@ def _decode_each(column: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
     return pa.array(text, pa.string()), pa.array(shown, pa.string()), bad
 
 
-def _parse_int64(trimmed: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Parse decimal integer text; returns the values (0 where invalid) and the valid mask."""
+def _parse_int64(trimmed: pa.Array, pending: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Parse decimal integer text; returns the values (0 where invalid) and the valid mask.
+
+    Only the ``pending`` rows (not rejected yet) matter: when all of them parse with a plain
+    cast, that is the answer; otherwise the text is checked by pattern and digit count.
+    """
+    try:
+        values = pc.cast(pc.if_else(pa.array(pending), trimmed, "0"), pa.int64())
+    except pa.ArrowInvalid:
+        pass
+    else:
+        return values, pending.copy()
     digits = pc.replace_substring_regex(trimmed, r"^[+-]?0*", "")
     n_digits = pc.binary_length(digits)
     limit = pc.if_else(pc.starts_with(trimmed, "-"), _INT64_MIN_DIGITS, _INT64_MAX_DIGITS)
@@ -332,6 +349,18 @@ def _parse_int64(trimmed: pa.Array) -> tuple[pa.Array, np.ndarray]:
     ok = _mask(pc.and_(pc.match_substring_regex(trimmed, _INT), fits))
     cleaned = pc.if_else(pa.array(ok), pc.replace_substring_regex(trimmed, r"^\+", ""), "0")
     return pc.cast(cleaned, pa.int64()), ok
+
+
+def _parse_float64(trimmed: pa.Array, pending: np.ndarray) -> pa.Array:
+    """Parse decimal number text (``nan`` and ``inf`` included); null where it is not a number.
+
+    As in :func:`_parse_int64`, a plain cast of the ``pending`` rows is tried first.
+    """
+    try:
+        return pc.cast(pc.if_else(pa.array(pending), trimmed, "0"), pa.float64())
+    except pa.ArrowInvalid:
+        is_number = pc.fill_null(pc.match_substring_regex(trimmed, _FLOAT), False)
+        return pc.cast(pc.if_else(is_number, trimmed, pa.scalar(None, pa.string())), pa.float64())
 
 
 def _integers_as_int64(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -350,13 +379,15 @@ def _check_id(column: pa.Array, field: str, id_type: str, rejections: _Rejection
         if id_type == "string":
             return shown
         values, fits = _integers_as_int64(column)
-        rejections.reject(~fits, field, f"{field}_not_int64", shown, _got(f"{field} must be an integer in the int64 range"))
+        rejections.reject(
+            ~fits, field, f"{field}_not_int64", shown, _got(f"{field} must be an integer in the int64 range")
+        )
         return values
     text, trimmed = _text(column, field, rejections)
     rejections.reject(_mask(pc.equal(trimmed, "")), field, f"{field}_empty", text, f"{field} is empty")
     if id_type == "string":
         return trimmed
-    values, ok = _parse_int64(trimmed)
+    values, ok = _parse_int64(trimmed, rejections.ok)
     rejections.reject(~ok, field, f"{field}_not_int64", text, _got(f"{field} must be an integer in the int64 range"))
     return values
 
@@ -367,9 +398,8 @@ def _check_rating(column: pa.Array, settings: ValidationSettings, rejections: _R
     if schemas.is_text_type(column.type):
         shown, trimmed = _text(column, field, rejections)
         rejections.reject(_mask(pc.equal(trimmed, "")), field, f"{field}_empty", shown, f"{field} is empty")
-        is_number = _mask(pc.match_substring_regex(trimmed, _FLOAT))
-        rejections.reject(~is_number, field, f"{field}_not_a_number", shown, _got(expectation))
-        values = pc.cast(pc.if_else(pa.array(is_number), trimmed, "0"), pa.float64())
+        values = _parse_float64(trimmed, rejections.ok)
+        rejections.reject(_mask(pc.is_null(values)), field, f"{field}_not_a_number", shown, _got(expectation))
     else:
         shown = column.cast(pa.string())
         rejections.reject(_mask(pc.is_null(column)), field, f"{field}_missing", shown, f"{field} is missing")
@@ -391,7 +421,6 @@ def _check_timestamp(column: pa.Array, rejections: _Rejections) -> pa.Array:
         return values
     text, trimmed = _text(column, field, rejections, allow_null=True)
     blank = pc.fill_null(pc.equal(trimmed, ""), True)
-    values, ok = _parse_int64(trimmed)
+    values, ok = _parse_int64(pc.if_else(blank, "0", trimmed), rejections.ok)
     rejections.reject(~(ok | _mask(blank)), field, f"{field}_not_int64", text, _got(expectation))
     return pc.if_else(blank, pa.scalar(None, pa.int64()), values)
-

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import re
 import pathlib
+import re
 import shutil
 
 import apache_beam as beam
@@ -32,7 +32,9 @@ def _rows(batches: beam.PCollection, label: str = "Rows") -> beam.PCollection:
     return batches | label >> beam.FlatMap(lambda table: table.to_pylist())
 
 
-def _raw(path: str, row: int, *values, parse_error: str | None = None, raw_line: str | None = None, columns: int = 3) -> dict:
+def _raw(
+    path: str, row: int, *values, parse_error: str | None = None, raw_line: str | None = None, columns: int = 3
+) -> dict:
     """A raw row: ``values`` of the first data columns (none for a malformed line of ``columns``)."""
     values = values or (None,) * columns
     return {
@@ -69,7 +71,12 @@ def test_csv_with_header_gives_raw_text_with_line_numbers(tmp_path):
                 [
                     pa.schema(
                         [(name, pa.binary()) for name in schemas.DATA_COLUMNS]
-                        + [("source", pa.string()), ("row", pa.int64()), ("parse_error", pa.string()), ("raw_line", pa.string())]
+                        + [
+                            ("source", pa.string()),
+                            ("row", pa.int64()),
+                            ("parse_error", pa.string()),
+                            ("raw_line", pa.string()),
+                        ]
                     )
                 ]
             ),
@@ -89,7 +96,9 @@ def test_csv_with_header_gives_raw_text_with_line_numbers(tmp_path):
 
 def test_header_names_select_and_rename_columns_in_any_order(tmp_path):
     path = _write(tmp_path / "r.csv", b"ts,score,extra,movie,person\n100,4.0,zz,10,1\n")
-    settings = ReadSettings(path=path, user_column="person", item_column="movie", rating_column="score", timestamp_column="ts")
+    settings = ReadSettings(
+        path=path, user_column="person", item_column="movie", rating_column="score", timestamp_column="ts"
+    )
     with _pipeline() as p:
         assert_that(_rows(p | ReadRatings(settings)), equal_to([_raw(path, 2, b"1", b"10", b"4.0", b"100")]))
 
@@ -125,7 +134,13 @@ def test_parquet_keeps_file_types_and_numbers_rows_across_batches(tmp_path):
     path = str(tmp_path / "r.parquet")
     pq.write_table(table, path, row_group_size=2)
     settings = ReadSettings(
-        path=path, format="parquet", user_column="user", item_column=1, rating_column="stars", timestamp_column="when", batch_rows=2
+        path=path,
+        format="parquet",
+        user_column="user",
+        item_column=1,
+        rating_column="stars",
+        timestamp_column="when",
+        batch_rows=2,
     )
     with _pipeline() as p:
         batches = p | ReadRatings(settings)
@@ -150,7 +165,8 @@ def test_gzip_shard_is_decompressed_by_extension_or_setting(tmp_path):
         by_setting = p | "ReadGzip" >> ReadRatings(path=explicit, compression="gzip")
         for label, batches in [("Auto", by_extension), ("Gzip", by_setting)]:
             assert_that(
-                _rows(batches, f"{label}Rows") | f"{label}Values" >> beam.Map(lambda r: (r["user_id"], r["rating"], r["row"])),
+                _rows(batches, f"{label}Rows")
+                | f"{label}Values" >> beam.Map(lambda r: (r["user_id"], r["rating"], r["row"])),
                 equal_to([(b"1", b"4.0", 2), (b"2", b"3.5", 3)]),
                 label=label,
             )
@@ -158,7 +174,10 @@ def test_gzip_shard_is_decompressed_by_extension_or_setting(tmp_path):
 
 def test_glob_reads_every_matching_shard(tmp_path):
     for shard in range(3):
-        _write(tmp_path / f"ratings-{shard}.csv", b"user_id,item_id,rating\n" + b"".join(b"%d,%d,4\n" % (shard, i) for i in range(shard + 1)))
+        _write(
+            tmp_path / f"ratings-{shard}.csv",
+            b"user_id,item_id,rating\n" + b"".join(b"%d,%d,4\n" % (shard, i) for i in range(shard + 1)),
+        )
     _write(tmp_path / "notes.txt", b"not a ratings file\n")
     with _pipeline() as p:
         rows = _rows(p | ReadRatings(path=str(tmp_path / "ratings-*.csv")))
@@ -171,15 +190,30 @@ def test_glob_reads_every_matching_shard(tmp_path):
 def test_header_only_and_empty_files_give_no_rows(tmp_path):
     shutil.copy(FIXTURES / "header_only.csv", tmp_path / "a.csv")
     shutil.copy(FIXTURES / "empty.csv", tmp_path / "b.csv")
-    pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64()), "rating": pa.array([], pa.float32())}), tmp_path / "c.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([], pa.int64()),
+                "item_id": pa.array([], pa.int64()),
+                "rating": pa.array([], pa.float32()),
+            }
+        ),
+        tmp_path / "c.parquet",
+    )
     _write(tmp_path / "d.parquet", b"")
     with _pipeline() as p:
         assert_that(p | "Csv" >> ReadRatings(path=str(tmp_path / "*.csv")), equal_to([]), label="NoCsvRows")
-        assert_that(p | "Parquet" >> ReadRatings(path=str(tmp_path / "*.parquet"), format="parquet"), equal_to([]), label="NoParquetRows")
+        assert_that(
+            p | "Parquet" >> ReadRatings(path=str(tmp_path / "*.parquet"), format="parquet"),
+            equal_to([]),
+            label="NoParquetRows",
+        )
 
 
 def test_malformed_and_non_utf8_lines_are_kept_with_their_reason_and_line_number(tmp_path):
-    path = _write(tmp_path / "r.csv", b"user_id,item_id,rating\n1,10,4.0\n1,11\n2,\xff,3.0\n\n3,12,2.0,extra\xfe\n4,13,1.0\n")
+    path = _write(
+        tmp_path / "r.csv", b"user_id,item_id,rating\n1,10,4.0\n1,11\n2,\xff,3.0\n\n3,12,2.0,extra\xfe\n4,13,1.0\n"
+    )
     expected = [
         _raw(path, 2, b"1", b"10", b"4.0"),
         _raw(path, 3, parse_error="expected 3 columns, got 2", raw_line="1,11"),
@@ -210,7 +244,9 @@ def test_row_is_the_line_number_across_blocks_quotes_and_crlf(tmp_path):
         )
         rows = _rows(batches)
         assert_that(
-            rows | beam.Filter(lambda r: r["parse_error"] is None) | beam.Map(lambda r: (r["user_id"], r["item_id"], r["row"])),
+            rows
+            | beam.Filter(lambda r: r["parse_error"] is None)
+            | beam.Map(lambda r: (r["user_id"], r["item_id"], r["row"])),
             equal_to([(b"%d" % n, b"%d" % n, n) for n in range(2, 400) if n % 37 and n % 53]),
         )
         assert_that(
@@ -224,7 +260,9 @@ def test_counters_count_rows_files_and_malformed_lines():
     p = beam.Pipeline(runner=FnApiRunner())
     _ = p | ReadRatings(path=str(FIXTURES / "ratings_defects.csv"), timestamp_column="timestamp")
     metrics = p.run().metrics()
-    counters = {r.key.metric.name: r.committed for r in metrics.query(MetricsFilter().with_namespace("read"))["counters"]}
+    counters = {
+        r.key.metric.name: r.committed for r in metrics.query(MetricsFilter().with_namespace("read"))["counters"]
+    }
     assert counters == {"rows_read": 17, "files_read": 1, "malformed_lines": 2}
 
 
@@ -237,15 +275,21 @@ def test_ids_of_either_type_survive_read_and_validation(tmp_path, id_type):
         validated = raw | ValidateRatings(user_id_type=id_type, item_id_type=id_type)
         assert_that(
             _rows(validated.valid),
-            equal_to([{"user_id": ids[2], "item_id": ids[3], "rating": 4.5, "timestamp": None, "source": path, "row": 2}]),
+            equal_to(
+                [{"user_id": ids[2], "item_id": ids[3], "rating": 4.5, "timestamp": None, "source": path, "row": 2}]
+            ),
         )
 
 
 def test_parquet_ids_convert_between_int_and_string(tmp_path):
     path = str(tmp_path / "r.parquet")
-    pq.write_table(pa.table({"user_id": pa.array([7], pa.uint16()), "item_id": ["12"], "rating": pa.array([3], pa.int8())}), path)
+    pq.write_table(
+        pa.table({"user_id": pa.array([7], pa.uint16()), "item_id": ["12"], "rating": pa.array([3], pa.int8())}), path
+    )
     with _pipeline() as p:
-        validated = p | ReadRatings(path=path, format="parquet") | ValidateRatings(user_id_type="string", item_id_type="int")
+        validated = (
+            p | ReadRatings(path=path, format="parquet") | ValidateRatings(user_id_type="string", item_id_type="int")
+        )
         assert_that(
             _rows(validated.valid),
             equal_to([{"user_id": "7", "item_id": 12, "rating": 3.0, "timestamp": None, "source": path, "row": 1}]),
@@ -268,7 +312,11 @@ def test_no_matching_file_fails_before_running(tmp_path):
 
 def test_header_without_configured_column_names_file_and_column():
     path = str(FIXTURES / "missing_rating_column.csv")
-    with pytest.raises(InputStructureError, match=r"missing_rating_column\.csv: header has no column 'rating' \(rating_column\); header columns: user_id, item_id, score"):
+    with pytest.raises(
+        InputStructureError,
+        match=r"missing_rating_column\.csv: header has no column 'rating' \(rating_column\); "
+        r"header columns: user_id, item_id, score",
+    ):
         _apply(ReadSettings(path=path))
 
 
@@ -281,23 +329,40 @@ def test_one_bad_shard_among_good_ones_is_named(tmp_path):
 
 def test_position_beyond_first_line_is_an_error(tmp_path):
     path = _write(tmp_path / "r.csv", b"1,2,3\n")
-    with pytest.raises(InputStructureError, match=r"r\.csv: timestamp_column is position 3 but the first line has 3 columns"):
+    with pytest.raises(
+        InputStructureError, match=r"r\.csv: timestamp_column is position 3 but the first line has 3 columns"
+    ):
         _apply(ReadSettings(path=path, header=False, user_column=0, item_column=1, rating_column=2, timestamp_column=3))
 
 
 def test_parquet_without_configured_column_names_file_and_column(tmp_path):
     path = str(tmp_path / "r.parquet")
     pq.write_table(pa.table({"user_id": [1], "item_id": [2], "score": [3.0]}), path)
-    with pytest.raises(InputStructureError, match=r"r\.parquet: no column 'rating' \(rating_column\); file columns: user_id, item_id, score"):
+    with pytest.raises(
+        InputStructureError,
+        match=r"r\.parquet: no column 'rating' \(rating_column\); file columns: user_id, item_id, score",
+    ):
         _apply(ReadSettings(path=path, format="parquet"))
 
 
 @pytest.mark.parametrize(
     ("column", "array", "expected"),
     [
-        ("user_id", pa.array([1.0]), r"column 'user_id' \(user_column\) has type double; expected an integer or string column"),
-        ("rating", pa.array([[1]]), r"column 'rating' \(rating_column\) has type list<element: int64>; expected a numeric or string column"),
-        ("rating", pa.array([True]), r"column 'rating' \(rating_column\) has type bool; expected a numeric or string column"),
+        (
+            "user_id",
+            pa.array([1.0]),
+            r"column 'user_id' \(user_column\) has type double; expected an integer or string column",
+        ),
+        (
+            "rating",
+            pa.array([[1]]),
+            r"column 'rating' \(rating_column\) has type list<element: int64>; expected a numeric or string column",
+        ),
+        (
+            "rating",
+            pa.array([True]),
+            r"column 'rating' \(rating_column\) has type bool; expected a numeric or string column",
+        ),
     ],
 )
 def test_parquet_column_of_unusable_type_names_file_column_and_type(tmp_path, column, array, expected):
