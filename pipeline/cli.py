@@ -90,8 +90,18 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     if config is None:
         return EXIT_CONFIG_ERROR
     from pipeline.main import run
+    from pipeline.output import OutputExistsError
 
-    run(config, config.beam_pipeline_args() + beam_args)
+    try:
+        metrics = run(config, beam_args)
+    except OutputExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    shown = ("rows_read", "rows_rejected", "train_ratings", "heldout_rmse", "heldout_mae", "heldout_ndcg_at_10")
+    print(f"published {config.output.path}")
+    for name in shown:
+        if name in metrics:
+            print(f"  {name}: {metrics[name]:.4g}")
     return 0
 
 
