@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from pipeline import blocks, schemas
 from pipeline.dedup import deduplicate
 from pipeline.split import split_holdout
+from pipeline.timing import timed
 
 COUNTS = "counts"
 ITEM_ENTRIES = "item_entries"
@@ -44,7 +45,16 @@ class BlockedRatings(NamedTuple):
     global_mean: beam.PCollection
     """Singleton: the mean training rating."""
     counts: beam.PCollection
-    """``(name, count)``: duplicates dropped, training and held-out ratings."""
+    """``(name, source file or None, count)``: duplicates dropped (in all and per file),
+    training and held-out ratings."""
+
+
+def rows_per_source(table: pa.Table) -> list[tuple[str, int]]:
+    """``(source file, row count)`` for each file present in ``table``."""
+    if table.num_rows == 0:
+        return []
+    counts = table.column(schemas.SOURCE).value_counts()
+    return [(str(s), int(n)) for s, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())]
 
 
 def _split_by_user_block(table: pa.Table, n_blocks: int):
@@ -62,14 +72,19 @@ class _DeduplicateAndSplitFn(beam.DoFn):
         self._duplicates = Metrics.counter("block", "duplicates_dropped")
 
     def process(self, element, gate=None):
+        return timed("block", self._process(element))
+
+    def _process(self, element):
         block, tables = element
         table = pa.concat_tables(list(tables))
         kept, dropped = deduplicate(table, self._policy)
         self._duplicates.inc(dropped.num_rows)
         train, heldout = split_holdout(kept, self._fraction, self._seed)
-        yield pvalue.TaggedOutput(COUNTS, ("duplicates_dropped", dropped.num_rows))
-        yield pvalue.TaggedOutput(COUNTS, ("train_ratings", train.num_rows))
-        yield pvalue.TaggedOutput(COUNTS, ("heldout_ratings", heldout.num_rows))
+        yield pvalue.TaggedOutput(COUNTS, ("duplicates_dropped", None, dropped.num_rows))
+        yield pvalue.TaggedOutput(COUNTS, ("train_ratings", None, train.num_rows))
+        yield pvalue.TaggedOutput(COUNTS, ("heldout_ratings", None, heldout.num_rows))
+        for source, count in rows_per_source(dropped):
+            yield pvalue.TaggedOutput(COUNTS, ("file_rows_duplicate", source, count))
         yield block, (train, heldout)
 
 
@@ -116,6 +131,9 @@ class _ResolveUserBlockFn(beam.DoFn):
         self._item_blocks = item_blocks
 
     def process(self, element, item_vocab):
+        return timed("block", self._process(element, item_vocab))
+
+    def _process(self, element, item_vocab):
         block, (train, heldout) = element
         user_block, entries = blocks.build_user_block(block, train, heldout, item_vocab, self._item_blocks)
         for item_block, part in entries.items():

@@ -65,12 +65,14 @@ class HeldOut:
     """A user block's held-out ratings.
 
     ``rows`` index the block's users (-1: a user without training ratings), ``cols`` the
-    global item index (-1: an item without training ratings).
+    global item index (-1: an item without training ratings), ``users`` numbers the distinct
+    held-out users (so users unseen in training stay apart).
     """
 
     rows: np.ndarray
     cols: np.ndarray
     values: np.ndarray
+    users: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ def build_user_block(
     h_items = id_array(heldout.column(schemas.ITEM_ID))
     h_rows = global_index(h_users, {0: ids}, np.zeros(len(h_users), np.int32))
     h_cols = global_index(h_items, item_vocab, item_block_of(h_items, item_blocks))
-    held = HeldOut(h_rows, h_cols, heldout.column(schemas.RATING).to_numpy().astype(np.float32))
+    h_values = heldout.column(schemas.RATING).to_numpy().astype(np.float32)
+    held = HeldOut(h_rows, h_cols, h_values, np.unique(h_users, return_inverse=True)[1].astype(np.int64))
 
     starts = offsets({b: len(v) for b, v in item_vocab.items()})
     entries = {}

@@ -22,6 +22,7 @@ from apache_beam import pvalue
 
 from nnmf_tf.init import default_scale, initial_factors
 from nnmf_tf.params import SolverParams
+from pipeline.timing import timed
 from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, row_keys
 
 STATS = "stats"
@@ -55,6 +56,9 @@ class HalfStepFn(beam.DoFn):
         self._strategy = worker_strategy(self._compute)
 
     def process(self, block: RatingsBlock, other: dict, previous: dict, global_mean: float):
+        return timed("factorize", self._process(block, other, previous, global_mean))
+
+    def _process(self, block: RatingsBlock, other: dict, previous: dict, global_mean: float):
         from nnmf_tf.errors import NNMFFitError, check_factors_finite
         from nnmf_tf.halfstep import half_step
 

@@ -25,11 +25,12 @@ from apache_beam import pvalue
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import output, tables
-from pipeline.block_ratings import BlockRatings
+from pipeline.block_ratings import BlockRatings, rows_per_source
 from pipeline.config import RunConfig, to_dict
 from pipeline.factorize import Factorize, training_loss
 from pipeline.read import ReadRatings, ReadSettings, match_input_files
 from pipeline.recommend import EVALUATION, RecommendAndEvaluate, summarize_evaluation
+from pipeline.timing import stage_seconds
 from pipeline.validate import ValidateRatings, ValidationSettings, check_rejected_fraction
 
 _log = logging.getLogger(__name__)
@@ -67,20 +68,31 @@ def _factor_table(block, factors: dict, schema):
     return tables.factor_table(schema, block.ids, part.factors, part.bias, block.ratings.row_counts())
 
 
-def _metrics_rows(stats, evaluation, counts, n_read, n_rejected, k) -> "typing.Any":
-    rows: list[tuple[str, int | None, float]] = [("rows_read", None, float(n_read)), ("rows_rejected", None, float(n_rejected))]
-    totals: dict[str, float] = {}
-    for name, value in counts:
-        totals[name] = totals.get(name, 0.0) + value
-    rows += [(name, None, value) for name, value in sorted(totals.items())]
-    rows += [("train_loss", iteration, loss) for iteration, loss in training_loss(stats)]
+def _metrics_rows(stats: list[dict], evaluation: list[dict], counts: list[tuple], k: int) -> "typing.Any":
+    """The metrics table: counts (run-level and per file), per-iteration loss and time, held-out metrics.
+
+    Per file, rows read = rows used + rows rejected + duplicates dropped; ``file_rows_used``
+    is derived from that identity.
+    """
+    totals: dict[tuple[str, str | None], float] = {}
+    for name, source, value in counts:
+        totals[name, source] = totals.get((name, source), 0.0) + value
+    for source in sorted({s for (name, s) in totals if name == "file_rows_read"}):
+        used = totals["file_rows_read", source] - totals.get(("file_rows_rejected", source), 0.0)
+        totals["file_rows_used", source] = used - totals.get(("file_rows_duplicate", source), 0.0)
+    rows: list[tuple] = [(name, None, source, value) for (name, source), value in sorted(totals.items(), key=str)]
+    rows += [("train_loss", iteration, None, loss) for iteration, loss in training_loss(stats)]
     seconds: dict[int, float] = {}
     for row in stats:
         seconds[row["iteration"]] = seconds.get(row["iteration"], 0.0) + row["seconds"]
-    rows += [("halfstep_seconds", iteration, value) for iteration, value in sorted(seconds.items())]
+    rows += [("halfstep_seconds", iteration, None, value) for iteration, value in sorted(seconds.items())]
     if evaluation:
-        rows += [(f"heldout_{name}", None, value) for name, value in summarize_evaluation(evaluation, k).items()]
+        rows += [(name, None, None, value) for name, value in summarize_evaluation(evaluation, k).items()]
     return tables.metrics_table(rows)
+
+
+def _file_counts(table, name: str) -> list[tuple]:
+    return [(name, source, count) for source, count in rows_per_source(table)]
 
 
 def build(pipeline: beam.Pipeline, config: RunConfig, folder: str) -> None:
@@ -91,6 +103,10 @@ def build(pipeline: beam.Pipeline, config: RunConfig, folder: str) -> None:
     raw = pipeline | "ReadRatings" >> ReadRatings(read_settings(config))
     validated = raw | "ValidateRatings" >> ValidateRatings(validation_settings(config))
     n_read, n_rejected = count("Read", raw), count("Rejected", validated.rejected)
+    file_counts = [
+        pcoll | f"Count{label}PerFile" >> beam.FlatMap(_file_counts, name).with_output_types(typing.Any)
+        for label, pcoll, name in (("Read", raw, "file_rows_read"), ("Rejected", validated.rejected, "file_rows_rejected"))
+    ]
     gate = n_read | "CheckRejectedFraction" >> beam.Map(
         _gate, pvalue.AsSingleton(n_rejected), config.validation.max_rejected_fraction
     )
@@ -126,20 +142,23 @@ def build(pipeline: beam.Pipeline, config: RunConfig, folder: str) -> None:
     scored.recommendations | "WriteRecommendations" >> output.WriteTable(folder, tables.RECOMMENDATIONS, schema(tables.RECOMMENDATIONS))
     validated.rejected | "WriteRejected" >> output.WriteTable(folder, tables.REJECTED, schema(tables.REJECTED))
 
+    sizes = [
+        n_read | "NameRowsRead" >> beam.Map(lambda n: ("rows_read", None, n)),
+        n_rejected | "NameRowsRejected" >> beam.Map(lambda n: ("rows_rejected", None, n)),
+        blocked.user_blocks | "CountUsers" >> beam.Map(lambda b: ("users", None, len(b.ids))),
+        blocked.item_vocab | "CountItems" >> beam.Map(lambda kv: ("items", None, len(kv[1]))),
+    ]
+    run_counts = (blocked.counts, *file_counts, *sizes) | "FlattenCounts" >> beam.Flatten()
     as_list = lambda label, pcoll: pvalue.AsSingleton(pcoll | f"Collect{label}" >> beam.combiners.ToList())  # noqa: E731
     (
         pipeline
         | "StartMetrics" >> beam.Create([None])
         | "MetricsTable"
         >> beam.Map(
-            lambda _, stats, evaluation, counts, read, rejected: _metrics_rows(
-                stats, evaluation, counts, read, rejected, config.evaluation.k
-            ),
+            lambda _, stats, evaluation, counts: _metrics_rows(stats, evaluation, counts, config.evaluation.k),
             as_list("Stats", factors["stats"]),
             as_list("Evaluation", scored[EVALUATION]),
-            as_list("Counts", blocked.counts),
-            pvalue.AsSingleton(n_read),
-            pvalue.AsSingleton(n_rejected),
+            as_list("Counts", run_counts),
         ).with_output_types(typing.Any)
         | "WriteMetrics" >> output.WriteTable(folder, tables.METRICS, schema(tables.METRICS), num_shards=1)
     )
@@ -166,7 +185,7 @@ def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
     import pyarrow
     import tensorflow
 
-    counts = {name: output.read_table(folder, name).num_rows for name in tables.TABLES}
+    counts = {name: output.count_rows(folder, name) for name in tables.TABLES}
     inputs = []
     for path in match_input_files(config.input.path):
         from apache_beam.io.filesystems import FileSystems
@@ -187,6 +206,15 @@ def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
     }
 
 
+def _summary_key(row: dict) -> str:
+    """Flat ``metrics.json`` key of a metrics row: ``name``, ``name_<iteration>`` or ``name[<source>]``."""
+    if row["iteration"] is not None:
+        return f"{row['name']}_{row['iteration']}"
+    if row["source"] is not None:
+        return f"{row['name']}[{row['source']}]"
+    return row["name"]
+
+
 def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     """Run the job and publish its output folder; return the run's metrics as a dict.
 
@@ -200,13 +228,14 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     folder = output.prepare_staging(target)
     options = pipeline_options(config, beam_args)
     started = time.perf_counter()
-    with beam.Pipeline(runner=_runner(options), options=options) as pipeline:
-        build(pipeline, config, folder)
+    pipeline = beam.Pipeline(runner=_runner(options), options=options)
+    build(pipeline, config, folder)
+    result = pipeline.run()
+    result.wait_until_finish()
     seconds = time.perf_counter() - started
-    metrics = output.read_table(folder, tables.METRICS).to_pylist()
-    summary = {
-        (row["name"] if row["iteration"] is None else f"{row['name']}_{row['iteration']}"): row["value"] for row in metrics
-    }
+    timings = [(f"seconds_{stage}", None, None, value) for stage, value in sorted(stage_seconds(result).items())]
+    metrics = output.append_rows(folder, tables.METRICS, tables.metrics_table(timings + [("seconds_total", None, None, seconds)]))
+    summary = {_summary_key(row): row["value"] for row in metrics.to_pylist()}
     output.write_json(output.join(folder, "metrics.json"), summary)
     output.write_json(output.join(folder, "manifest.json"), _manifest(config, folder, seconds))
     output.publish(folder, target)

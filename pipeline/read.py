@@ -41,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline import schemas
+from pipeline.timing import timed
 
 FORMATS = ("csv", "tsv", "parquet")
 COMPRESSIONS = {
@@ -187,6 +188,9 @@ class _ReadFileFn(beam.DoFn):
         self._rows_per_file = Metrics.distribution("read", "rows_per_file")
 
     def process(self, path: str) -> Iterator[pa.Table]:
+        return timed("read", self._read(path))
+
+    def _read(self, path: str) -> Iterator[pa.Table]:
         rows = 0
         for batch in read_file(path, self._settings):
             rows += batch.num_rows

@@ -29,11 +29,13 @@ METRICS_SCHEMA = pa.schema(
     [
         pa.field("name", pa.string(), nullable=False),
         pa.field("iteration", pa.int32()),
+        pa.field("source", pa.string()),
         pa.field("value", pa.float64()),
     ]
 )
-"""One metric per row: ``iteration`` is set for per-iteration figures (training loss) and
-null for run-level ones (held-out RMSE, counts)."""
+"""One metric per row: ``iteration`` is set for per-iteration figures (training loss),
+``source`` for per-input-file counts (``file_rows_*``); both null for run-level figures
+(held-out RMSE, counts)."""
 
 
 def factor_schema(id_column: str, id_type: str, rank: int, biased: bool) -> pa.Schema:
@@ -103,10 +105,9 @@ def recommendation_table(
     )
 
 
-def metrics_table(rows: list[tuple[str, int | None, float]]) -> pa.Table:
-    """The metrics table from ``(name, iteration, value)`` rows."""
-    names, iterations, values = zip(*rows) if rows else ((), (), ())
+def metrics_table(rows: list[tuple[str, int | None, str | None, float]]) -> pa.Table:
+    """The metrics table from ``(name, iteration, source, value)`` rows."""
+    columns = list(zip(*rows)) if rows else [(), (), (), ()]
     return pa.Table.from_arrays(
-        [pa.array(names, pa.string()), pa.array(iterations, pa.int32()), pa.array(values, pa.float64())],
-        schema=METRICS_SCHEMA,
+        [pa.array(column, field.type) for column, field in zip(columns, METRICS_SCHEMA)], schema=METRICS_SCHEMA
     )

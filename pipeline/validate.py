@@ -39,6 +39,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline import schemas
+from pipeline.timing import timed
 
 VALID = "valid"
 """Tag of the main output: validated ratings batches."""
@@ -151,6 +152,9 @@ class _ValidateBatchFn(beam.DoFn):
         self._rejected_rows = Metrics.counter("validate", "rejected_rows")
 
     def process(self, raw: pa.Table) -> Iterator[pa.Table | pvalue.TaggedOutput]:
+        return timed("validate", self._validate(raw))
+
+    def _validate(self, raw: pa.Table) -> Iterator[pa.Table | pvalue.TaggedOutput]:
         valid, rejected, counts = _validate(raw, self._settings)
         for reason_key, n in counts.items():
             Metrics.counter("validate", reason_key).inc(n)
