@@ -34,6 +34,7 @@ setup(
         "apache-beam>=2.60",
         "pyarrow>=14,<26",
         "pyyaml>=6",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "scipy>=1.11", "duckdb>=1.0"],

@@ -184,6 +184,7 @@ class InputConfig(_Section):
         "timestamp_column": COLUMN.or_null(),
         "user_id_type": one_of(ID_TYPES),
         "item_id_type": one_of(ID_TYPES),
+        "init_from": TEXT.or_null(),
     }
 
     path: str
@@ -210,6 +211,10 @@ class InputConfig(_Section):
     """``"int"`` or ``"string"``: user ids keep this type in every output."""
     item_id_type: str = "string"
     """``"int"`` or ``"string"``: item ids keep this type in every output."""
+    init_from: str | None = None
+    """Warm start: an earlier run's published output folder. Users and items found there start
+    from their factors (and biases), new ones start fresh, vanished ones are dropped. A relative
+    local path is resolved against the current working directory."""
 
     @property
     def is_text(self) -> bool:
@@ -607,6 +612,9 @@ def _resolve_paths(values: dict[str, dict], source: str) -> None:
     if _is_text(input_path) and _is_local(input_path):
         folder = os.path.dirname(os.path.abspath(source))
         values["input"]["path"] = os.path.abspath(os.path.join(folder, os.path.expanduser(input_path)))
+    init_from = values["input"].get("init_from")
+    if _is_text(init_from) and _is_local(init_from):
+        values["input"]["init_from"] = os.path.abspath(os.path.expanduser(init_from))
     output_path = values["output"].get("path")
     if _is_text(output_path) and _is_local(output_path):
         values["output"]["path"] = os.path.abspath(os.path.expanduser(output_path))

@@ -23,6 +23,7 @@ from apache_beam import pvalue
 from nnmf_tf.init import default_scale, initial_factors
 from nnmf_tf.params import SolverParams
 from pipeline.timing import timed
+from pipeline.warm_start import warm_factors
 from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, row_keys
 
 STATS = "stats"
@@ -36,11 +37,17 @@ def initial_scale(params: SolverParams, global_mean: float) -> float:
     return default_scale(1.0 if params.bias else global_mean, params.rank)
 
 
-def initial_block(side: str, block: int, ids: np.ndarray, params: SolverParams, global_mean: float):
-    """``(block, FactorBlock)`` of seeded initial factors (zero biases) for rows ``ids``."""
+def initial_block(
+    side: str, block: int, ids: np.ndarray, params: SolverParams, global_mean: float, previous: dict | None = None
+):
+    """``(block, FactorBlock)`` of seeded initial factors (zero biases) for rows ``ids``; rows
+    found in ``previous`` (an earlier run's tables by block: warm start) keep their values."""
     factors = initial_factors(row_keys(ids), params.rank, params.seed, initial_scale(params, global_mean), SIDE_SALT[side])
     bias = np.zeros(len(ids), np.float32) if params.bias else None
-    return block, FactorBlock(factors, bias)
+    fresh = FactorBlock(factors, bias)
+    if previous is None:
+        return block, fresh
+    return block, warm_factors(side, fresh, ids, previous.get(block))
 
 
 class HalfStepFn(beam.DoFn):
@@ -104,7 +111,8 @@ class Factorize(beam.PTransform):
     """Run ``params.max_iter`` alternating iterations over the blocks.
 
     Input: a dict with ``user_blocks``, ``item_blocks``, ``item_vocab`` and ``global_mean``
-    (see :class:`~pipeline.block_ratings.BlockedRatings`). Output: a dict with
+    (see :class:`~pipeline.block_ratings.BlockedRatings`), and for a warm start
+    ``previous_user_factors`` / ``previous_item_factors`` (``(block, pa.Table)``). Output: a dict with
     ``user_factors`` and ``item_factors`` (``(block, FactorBlock)``) and ``stats`` (one dict
     per block and half-step).
     """
@@ -116,11 +124,15 @@ class Factorize(beam.PTransform):
     def expand(self, blocked: dict) -> dict:
         params = self._params
         mean = pvalue.AsSingleton(blocked["global_mean"])
+        previous = {
+            side: [pvalue.AsDict(blocked[f"previous_{side}_factors"])] if f"previous_{side}_factors" in blocked else []
+            for side in ("user", "item")
+        }
         item_factors = blocked["item_vocab"] | "InitItemFactors" >> beam.Map(
-            lambda kv, m: initial_block("item", kv[0], kv[1], params, m), mean
+            lambda kv, m, *old: initial_block("item", kv[0], kv[1], params, m, *old), mean, *previous["item"]
         ).with_output_types(typing.Any)
         user_factors = blocked["user_blocks"] | "InitUserFactors" >> beam.Map(
-            lambda b, m: initial_block("user", b.block, b.ids, params, m), mean
+            lambda b, m, *old: initial_block("user", b.block, b.ids, params, m, *old), mean, *previous["user"]
         ).with_output_types(typing.Any)
         stats = []
         for t in range(1, params.max_iter + 1):

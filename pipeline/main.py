@@ -28,9 +28,11 @@ from pipeline import output, tables
 from pipeline.block_ratings import BlockRatings, rows_per_source
 from pipeline.config import RunConfig, to_dict
 from pipeline.factorize import Factorize, training_loss
+from pipeline.report import write_report
 from pipeline.read import ReadRatings, ReadSettings, match_input_files
 from pipeline.recommend import EVALUATION, RecommendAndEvaluate, summarize_evaluation
 from pipeline.timing import stage_seconds
+from pipeline.warm_start import ReadPreviousFactors, check_previous_run
 from pipeline.validate import ValidateRatings, ValidationSettings, check_rejected_fraction
 
 _log = logging.getLogger(__name__)
@@ -78,8 +80,9 @@ def _metrics_rows(stats: list[dict], evaluation: list[dict], counts: list[tuple]
     for name, source, value in counts:
         totals[name, source] = totals.get((name, source), 0.0) + value
     for source in sorted({s for (name, s) in totals if name == "file_rows_read"}):
-        used = totals["file_rows_read", source] - totals.get(("file_rows_rejected", source), 0.0)
-        totals["file_rows_used", source] = used - totals.get(("file_rows_duplicate", source), 0.0)
+        rejected = totals.setdefault(("file_rows_rejected", source), 0.0)
+        duplicate = totals.setdefault(("file_rows_duplicate", source), 0.0)
+        totals["file_rows_used", source] = totals["file_rows_read", source] - rejected - duplicate
     rows: list[tuple] = [(name, None, source, value) for (name, source), value in sorted(totals.items(), key=str)]
     rows += [("train_loss", iteration, None, loss) for iteration, loss in training_loss(stats)]
     seconds: dict[int, float] = {}
@@ -124,6 +127,11 @@ def build(pipeline: beam.Pipeline, config: RunConfig, folder: str) -> None:
         "item_vocab": blocked.item_vocab,
         "global_mean": blocked.global_mean,
     }
+    if config.input.init_from:
+        for side, n_blocks in (("user", config.blocks.user_blocks), ("item", config.blocks.item_blocks)):
+            model_inputs[f"previous_{side}_factors"] = pipeline | f"ReadPrevious{side.capitalize()}Factors" >> (
+                ReadPreviousFactors(config.input.init_from, side, n_blocks)
+            )
     factors = model_inputs | "Factorize" >> Factorize(config.model, config.compute)
     scored = {**model_inputs, **factors} | "RecommendAndEvaluate" >> RecommendAndEvaluate(
         config, schema(tables.RECOMMENDATIONS)
@@ -225,6 +233,8 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     """
     target = config.output.path
     output.check_output(target, config.output.overwrite)
+    if config.input.init_from:
+        check_previous_run(config.input.init_from, config)
     folder = output.prepare_staging(target)
     options = pipeline_options(config, beam_args)
     started = time.perf_counter()
@@ -238,6 +248,7 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     summary = {_summary_key(row): row["value"] for row in metrics.to_pylist()}
     output.write_json(output.join(folder, "metrics.json"), summary)
     output.write_json(output.join(folder, "manifest.json"), _manifest(config, folder, seconds))
+    write_report(folder)
     output.publish(folder, target)
     _log.info("published %s in %.1f s", target, seconds)
     return summary

@@ -71,20 +71,21 @@ def publish(staging: str, output: str) -> None:
 def read_table(folder: str, name: str) -> pa.Table:
     """Read back one output table (all its Parquet shards)."""
     tables = []
-    for path in _table_paths(folder, name):
+    for path in table_paths(folder, name):
         with FileSystems.open(path) as handle:
             tables.append(pq.read_table(handle))
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
-def _table_paths(folder: str, name: str) -> list[str]:
+def table_paths(folder: str, name: str) -> list[str]:
+    """The Parquet shards of one table, sorted."""
     return sorted(m.path for m in FileSystems.match([join(folder, name, "*.parquet")])[0].metadata_list)
 
 
 def count_rows(folder: str, name: str) -> int:
     """Rows of one output table, from the Parquet footers only."""
     total = 0
-    for path in _table_paths(folder, name):
+    for path in table_paths(folder, name):
         with FileSystems.open(path) as handle:
             total += pq.ParquetFile(handle).metadata.num_rows
     return total
@@ -93,7 +94,7 @@ def count_rows(folder: str, name: str) -> int:
 def append_rows(folder: str, name: str, rows: pa.Table) -> pa.Table:
     """Rewrite a small table (the metrics) as one shard with ``rows`` appended; return it."""
     table = pa.concat_tables([read_table(folder, name), rows])
-    paths = _table_paths(folder, name)
+    paths = table_paths(folder, name)
     FileSystems.delete(paths)
     with FileSystems.create(join(folder, name, "part-00000-of-00001.parquet")) as handle:
         pq.write_table(table, handle)

@@ -258,8 +258,12 @@ def _evaluation(values: dict[str, float]) -> str:
 
 
 def stage_rows(values: dict[str, float], manifest: dict) -> list[tuple[str, str]]:
-    """Wall seconds per stage (``seconds_<stage>``) in run order, then the whole run's."""
-    stages = {name[len("seconds_"):]: value for name, value in values.items() if name.startswith("seconds_")}
+    """Busy seconds per stage (``seconds_<stage>``) in run order, then the whole run's."""
+    stages = {
+        name[len("seconds_"):]: value
+        for name, value in values.items()
+        if name.startswith("seconds_") and name != "seconds_total"
+    }
     order = sorted(stages, key=lambda stage: (STAGES.index(stage) if stage in STAGES else len(STAGES), stage))
     rows = [(stage, _seconds(stages[stage])) for stage in order]
     if "seconds" in manifest:
@@ -269,7 +273,7 @@ def stage_rows(values: dict[str, float], manifest: dict) -> list[tuple[str, str]
 
 def _stages(values: dict[str, float], manifest: dict) -> str:
     rows = stage_rows(values, manifest)
-    return _table(["Stage", "Wall seconds"], rows, numbers=True) if rows else _note("No timings were recorded.")
+    return _table(["Stage", "Busy seconds"], rows, numbers=True) if rows else _note("No timings were recorded.")
 
 
 def input_rows(manifest: dict, files: dict[str, dict[str, float]]) -> list[list[str]]:
