@@ -18,6 +18,7 @@ STRATEGIES = ("default", "mirrored")
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _configured: "DeviceSettings | None" = None
+_ignored: set = set()
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
     global _configured
     with _lock:
         if _configured is not None:
-            if settings != _configured:
+            if settings != _configured and settings not in _ignored:
+                _ignored.add(settings)
                 _log.warning("TensorFlow already configured with %s; ignoring %s", _configured, settings)
             return _configured
         try:
