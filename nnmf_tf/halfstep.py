@@ -5,14 +5,21 @@ separable by row. Row ``u`` solves a small non-negative least-squares problem::
 
     min_z  zᵀ G_u z − 2 c_uᵀ z        subject to z_j ≥ 0 for the factor coordinates
 
-    G_u = B + ω Σ_{i∈Ω_u} f_i f_iᵀ + diag(reg · n_u)
-    c_u = Σ_{i∈Ω_u} t_ui f_i
+    G_u = B + ω Σ_{i∈Ω_u} f_i f_iᵀ + diag(p_u)
+    c_u = Σ_{i∈Ω_u} t_ui f_i + p_u ⊙ m
 
 where ``f_i`` is item ``i``'s factor row (with a trailing 1 when biases are fitted, so the
 bias is one more, unconstrained, coordinate), ``t_ui`` the target (the rating, minus the
-global mean and the item bias when biased), ``n_u`` the row's rating count (weighted-λ),
-``B = w₀ FᵀF`` and ``ω = 1 − w₀`` under the ranking objective (``B = 0``, ``ω = 1``
-otherwise).
+global mean and the item bias when biased), ``B = w₀ FᵀF`` and ``ω = 1 − w₀`` under the
+ranking objective (``B = 0``, ``ω = 1`` otherwise). The penalty ``Σ_j p_uj (z_j − m_j)²``
+has weights ``p_uj = reg · n_u^reg_exponent`` on the factors and
+``bias_reg · n_u^bias_reg_exponent`` on the bias (``n_u`` the row's rating count; by default
+both exponents are 1: weighted-λ) and centre ``m_j = factor_center`` on the factors,
+``SolverParams.bias_center`` on the bias (by default 0).
+
+The Grams are built without padding every row to the longest: a row's entries are cut into
+pieces of :data:`PIECE` entries, each piece's Gram is one small matmul, and a row's Gram is
+the sum over its pieces — ``nnz · d²`` work plus at most one padded piece per row.
 
 Each subproblem is solved by projected gradient with Nesterov acceleration and adaptive
 restart (O'Donoghue & Candès, 2015), step ``1/λ_max(G_u)`` (the Lipschitz constant of the
@@ -42,10 +49,14 @@ from nnmf_tf.data import MaskedDense, Ratings, SparseRatings
 from nnmf_tf.errors import check_array
 from nnmf_tf.params import SolverParams
 
-#: Bytes allowed for one chunk's per-entry outer products (sparse) or mask products (dense).
+#: Bytes allowed for one chunk's working set: padded pieces and Grams (sparse) or mask
+#: products (dense).
 CHUNK_BYTES = 64 << 20
 #: Rows per chunk, at most.
 CHUNK_ROWS = 16384
+#: Entries per piece. A row's entries are cut into pieces of this many, the last one padded
+#: with zeros, so the Grams are one batched matmul over pieces whatever the row lengths.
+PIECE = 32
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,9 @@ def _lipschitz_bound(gram: tf.Tensor) -> tf.Tensor:
     """
     x = tf.ones(tf.shape(gram)[:2], gram.dtype)
     for _ in range(4):
-        x = tf.einsum("rkl,rl->rk", gram, x)
+        x = tf.linalg.matvec(gram, x)
         x = x / tf.maximum(tf.reduce_max(x, axis=1, keepdims=True), 1e-30) + 1e-3
-    return tf.reduce_max(tf.einsum("rkl,rl->rk", gram, x) / x, axis=1)
+    return tf.reduce_max(tf.linalg.matvec(gram, x) / x, axis=1)
 
 
 def _solve_rows(
@@ -98,8 +109,9 @@ def _solve_rows(
     rhs: tf.Tensor,
     sq_targets: tf.Tensor,
     z0: tf.Tensor,
-    nonneg: tf.Tensor,
+    lower: tf.Tensor,
     penalty_diag: tf.Tensor,
+    center: tf.Tensor,
     max_iter: tf.Tensor,
     tol: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -110,13 +122,15 @@ def _solve_rows(
     gram : tf.Tensor of shape (rows, d, d)
     rhs : tf.Tensor of shape (rows, d)
     sq_targets : tf.Tensor of shape (rows,)
-        Σ t², so that the returned objective is the row's true loss.
+        The constant of the row's loss (Σ t² plus the penalty at 0), so that the returned
+        objective is the row's true loss.
     z0 : tf.Tensor of shape (rows, d)
         Warm start.
-    nonneg : tf.Tensor of bool, shape (d,)
-        Which coordinates are constrained to be ≥ 0.
-    penalty_diag : tf.Tensor of shape (rows, d)
-        The diagonal regularisation included in ``gram`` (to report the penalty apart).
+    lower : tf.Tensor of shape (d,)
+        Lower bound of each coordinate: 0 for factors, ``-inf`` for the free bias.
+    penalty_diag, center : tf.Tensor of shape (rows, d) and (d,)
+        The diagonal regularisation included in ``gram`` and its centre (to report the
+        penalty apart).
 
     Returns
     -------
@@ -125,16 +139,13 @@ def _solve_rows(
     step = (1.0 / tf.maximum(_lipschitz_bound(gram), 1e-12))[:, None]
 
     def gradient(z: tf.Tensor) -> tf.Tensor:
-        return tf.einsum("rkl,rl->rk", gram, z) - rhs
-
-    def project(z: tf.Tensor) -> tf.Tensor:
-        return tf.where(nonneg, tf.maximum(z, 0.0), z)
+        return tf.linalg.matvec(gram, z) - rhs
 
     def projected_gradient_sq(z: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-        pg = tf.where(nonneg & (z <= 0.0), tf.minimum(g, 0.0), g)
+        pg = tf.where(z <= lower, tf.minimum(g, 0.0), g)
         return tf.reduce_sum(pg * pg, axis=1)
 
-    z0 = project(z0)
+    z0 = tf.maximum(z0, lower)
     g0 = gradient(z0)
     pg0_sq = projected_gradient_sq(z0, g0)
     threshold = tol * tol * pg0_sq
@@ -144,39 +155,48 @@ def _solve_rows(
         return tf.logical_and(i < max_iter, tf.logical_not(tf.reduce_all(done)))
 
     def step_once(i, z, gz, y, gy, t, done):
-        z_new = project(y - step * gy)
+        # A finished row has y = z and takes a zero step, so it stays exactly where it is.
+        z_new = tf.maximum(y - tf.where(done[:, None], 0.0, step) * gy, lower)
         g_new = gradient(z_new)
-        restart = tf.reduce_sum((y - z_new) * (z_new - z), axis=1) > 0.0
-        t_new = 0.5 * (1.0 + tf.sqrt(1.0 + 4.0 * t * t))
-        beta = tf.where(restart, tf.zeros_like(t), (t - 1.0) / t_new)[:, None]
-        t_new = tf.where(restart, tf.ones_like(t_new), t_new)
-        # The gradient is affine, so the gradient at the extrapolated point costs no matvec.
-        y_new, gy_new = z_new + beta * (z_new - z), g_new + beta * (g_new - gz)
-        frozen = done[:, None]
-        z_new, g_new = tf.where(frozen, z, z_new), tf.where(frozen, gz, g_new)
-        y_new, gy_new = tf.where(frozen, y, y_new), tf.where(frozen, gy, gy_new)
         done_new = done | (projected_gradient_sq(z_new, g_new) <= threshold)
-        return i + 1, z_new, g_new, y_new, gy_new, t_new, done_new
+        dz = z_new - z
+        restart = tf.reduce_sum((y - z_new) * dz, axis=1) > 0.0
+        t_new = 0.5 + tf.sqrt(0.25 + t * t)
+        beta = tf.where(restart | done_new, 0.0, (t - 1.0) / t_new)[:, None]
+        t_new = tf.where(restart, 1.0, t_new)
+        # The gradient is affine, so the gradient at the extrapolated point costs no matvec.
+        return i + 1, z_new, g_new, z_new + beta * dz, g_new + beta * (g_new - gz), t_new, done_new
 
     iterations, z, gz, _, _, _, _ = tf.while_loop(
         keep_going, step_once, (tf.constant(0), z0, g0, z0, g0, tf.ones_like(pg0_sq), done0)
     )
-    # zᵀGz − 2cᵀz + Σt² with Gz = gz + c; clamped at the true loss's lower bound, 0,
+    # zᵀGz − 2cᵀz + constant with Gz = gz + c; clamped at the true loss's lower bound, 0,
     # which float32 cancellation can cross when a row is fitted exactly.
     objective = tf.maximum(tf.reduce_sum(z * (gz - rhs), axis=1) + sq_targets, 0.0)
-    penalty = tf.reduce_sum(penalty_diag * z * z, axis=1)
+    penalty = tf.reduce_sum(penalty_diag * tf.square(z - center), axis=1)
     return z, objective, penalty, pg0_sq, iterations
 
 
-def _penalty_diag(counts: tf.Tensor, reg_diag: tf.Tensor) -> tf.Tensor:
-    return tf.cast(counts, tf.float32)[:, None] * reg_diag[None, :]
+def _regularised_solve(
+    gram, rhs, sq_targets, counts, current, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
+):
+    """Add the ranking objective's base Gram and the penalty ``Σ_j p_j (z_j − center_j)²``,
+    ``p_j = reg_j · n^power_j`` (0 for a row without entries), then solve the rows."""
+    n = tf.cast(counts, tf.float32)[:, None]
+    penalty_diag = tf.where(n > 0.0, reg_diag * tf.pow(n, reg_power), 0.0)
+    gram = base_gram[None] + obs_weight * gram + tf.linalg.diag(penalty_diag)
+    rhs = rhs + penalty_diag * center
+    sq_targets = sq_targets + tf.reduce_sum(penalty_diag * center * center, axis=1)
+    return _solve_rows(gram, rhs, sq_targets, current, lower, penalty_diag, center, max_iter, tol)
 
 
 _COMMON_SIGNATURE = [
     tf.TensorSpec([None, None], tf.float32, name="current"),
     tf.TensorSpec([None, None], tf.float32, name="features"),
     tf.TensorSpec([None], tf.float32, name="reg_diag"),
-    tf.TensorSpec([None], tf.bool, name="nonneg"),
+    tf.TensorSpec([None], tf.float32, name="reg_power"),
+    tf.TensorSpec([None], tf.float32, name="center"),
+    tf.TensorSpec([None], tf.float32, name="lower"),
     tf.TensorSpec([None, None], tf.float32, name="base_gram"),
     tf.TensorSpec([], tf.float32, name="obs_weight"),
     tf.TensorSpec([], tf.int32, name="max_iter"),
@@ -186,29 +206,30 @@ _COMMON_SIGNATURE = [
 
 @tf.function(
     input_signature=[
-        tf.TensorSpec([None], tf.int64, name="row_lengths"),
-        tf.TensorSpec([None], tf.int32, name="cols"),
-        tf.TensorSpec([None], tf.float32, name="targets"),
+        tf.TensorSpec([None], tf.int64, name="counts"),
+        tf.TensorSpec([None], tf.int32, name="piece_rows"),
+        tf.TensorSpec([None, None], tf.int32, name="piece_cols"),
+        tf.TensorSpec([None, None], tf.float32, name="piece_targets"),
         *_COMMON_SIGNATURE,
     ]
 )
-def _sparse_chunk(row_lengths, cols, targets, current, features, reg_diag, nonneg, base_gram, obs_weight, max_iter, tol):
-    """Solve the rows of one chunk of entries (``row_lengths`` entries per row, in order).
+def _sparse_chunk(
+    counts, piece_rows, piece_cols, piece_targets, current, features, reg_diag, reg_power, center, lower, base_gram,
+    obs_weight, max_iter, tol,
+):
+    """Solve the rows of one chunk given as pieces of entries (see :func:`_pieces`).
 
-    Each row's feature rows are padded to the chunk's longest row, so the Grams are one
-    batched matmul; chunks hold rows of similar length, so the padding stays small.
+    Column ``n_other`` (one past the last) marks padding; it gathers a zero feature row.
+    Each piece's Gram is one small matmul; a row's Gram is the sum over its pieces.
     """
-    padded = tf.RaggedTensor.from_row_lengths(tf.gather(features, cols), row_lengths).to_tensor()
-    padded_targets = tf.RaggedTensor.from_row_lengths(targets, row_lengths).to_tensor()
-    penalty_diag = _penalty_diag(row_lengths, reg_diag)
-    gram = (
-        base_gram[None]
-        + obs_weight * tf.matmul(padded, padded, transpose_a=True)
-        + tf.linalg.diag(penalty_diag)
+    rows = tf.shape(current)[0]
+    padded = tf.gather(tf.pad(features, [[0, 1], [0, 0]]), piece_cols)
+    gram = tf.math.unsorted_segment_sum(tf.matmul(padded, padded, transpose_a=True), piece_rows, rows)
+    rhs = tf.math.unsorted_segment_sum(tf.linalg.matvec(padded, piece_targets, transpose_a=True), piece_rows, rows)
+    sq_targets = tf.math.unsorted_segment_sum(tf.reduce_sum(tf.square(piece_targets), axis=1), piece_rows, rows)
+    return _regularised_solve(
+        gram, rhs, sq_targets, counts, current, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
     )
-    rhs = tf.einsum("rn,rnk->rk", padded_targets, padded)
-    sq_targets = tf.reduce_sum(padded_targets * padded_targets, axis=1)
-    return _solve_rows(gram, rhs, sq_targets, current, nonneg, penalty_diag, max_iter, tol)
 
 
 @tf.function(
@@ -218,64 +239,79 @@ def _sparse_chunk(row_lengths, cols, targets, current, features, reg_diag, nonne
         *_COMMON_SIGNATURE,
     ]
 )
-def _dense_chunk(targets, mask, current, features, reg_diag, nonneg, base_gram, obs_weight, max_iter, tol):
+def _dense_chunk(
+    targets, mask, current, features, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
+):
     """Solve the rows of one chunk of a masked dense matrix (matmul form of the Grams)."""
     d = tf.shape(features)[1]
     outer = tf.reshape(features[:, :, None] * features[:, None, :], [tf.shape(features)[0], d * d])
-    penalty_diag = _penalty_diag(tf.reduce_sum(mask, axis=1), reg_diag)
-    gram = (
-        base_gram[None]
-        + obs_weight * tf.reshape(tf.matmul(mask, outer), [-1, d, d])
-        + tf.linalg.diag(penalty_diag)
-    )
+    gram = tf.reshape(tf.matmul(mask, outer), [-1, d, d])
     masked_targets = mask * targets
     rhs = tf.matmul(masked_targets, features)
     sq_targets = tf.reduce_sum(masked_targets * targets, axis=1)
-    return _solve_rows(gram, rhs, sq_targets, current, nonneg, penalty_diag, max_iter, tol)
+    counts = tf.reduce_sum(mask, axis=1)
+    return _regularised_solve(
+        gram, rhs, sq_targets, counts, current, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
+    )
 
 
-def _length_sorted_chunks(counts: np.ndarray, width: int) -> list[np.ndarray]:
-    """Group rows, in order of increasing entry count, into chunks whose padded size
-    (rows × longest row × ``width`` floats) stays within ``CHUNK_BYTES``.
+def _pieces(splits: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_cols: int) -> tuple[np.ndarray, ...]:
+    """The entries of consecutive rows (CSR ``splits``) cut into pieces of ``PIECE`` entries.
 
-    Returns the row indices of each chunk.
+    Returns
+    -------
+    piece_rows : np.ndarray of int32, shape (pieces,)
+        The row of each piece, counted from the first row.
+    piece_cols : np.ndarray of int32, shape (pieces, PIECE)
+        The column of each entry; ``n_cols`` where the last piece of a row is padded.
+    piece_targets : np.ndarray of float32, shape (pieces, PIECE)
+        The target of each entry; 0 in the padding.
     """
-    order = np.argsort(counts, kind="stable")
-    sorted_counts = counts[order]
-    budget = max(1, CHUNK_BYTES // (4 * width))
-    chunks, start, n = [], 0, len(order)
+    lengths = np.diff(splits)
+    per_row = -(-lengths // PIECE)
+    piece_rows = np.repeat(np.arange(len(lengths), dtype=np.int32), per_row)
+    first_piece = np.cumsum(per_row) - per_row
+    first_entry = splits[:-1][piece_rows] + (np.arange(len(piece_rows)) - first_piece[piece_rows]) * PIECE
+    entries = first_entry[:, None] + np.arange(PIECE)[None, :]
+    valid = entries < splits[1:][piece_rows][:, None]
+    entries = np.where(valid, entries, 0)
+    piece_cols = np.where(valid, cols[entries], n_cols).astype(np.int32)
+    piece_targets = np.where(valid, targets[entries], 0.0).astype(np.float32)
+    return piece_rows, piece_cols, piece_targets
+
+
+def _chunk_bounds(costs: np.ndarray) -> list[np.ndarray]:
+    """Consecutive ranges of rows whose summed ``costs`` (bytes) stay within ``CHUNK_BYTES``
+    and whose length stays within ``CHUNK_ROWS`` (at least one row each)."""
+    total = np.concatenate([[0], np.cumsum(costs)])
+    row_sets, start, n = [], 0, len(costs)
     while start < n:
-        low, high = start + 1, min(n, start + CHUNK_ROWS)
-        while low < high:  # largest stop whose padded size fits (at least one row)
-            mid = (low + high + 1) // 2
-            if (mid - start) * max(int(sorted_counts[mid - 1]), 1) <= budget:
-                low = mid
-            else:
-                high = mid - 1
-        chunks.append(order[start:low])
-        start = low
-    return chunks
+        stop = int(np.searchsorted(total, total[start] + CHUNK_BYTES, side="right")) - 1
+        stop = min(max(stop, start + 1), start + CHUNK_ROWS, n)
+        row_sets.append(np.arange(start, stop))
+        start = stop
+    return row_sets
 
 
-def _entries_of(rows: np.ndarray, splits: np.ndarray) -> np.ndarray:
-    """Positions of all entries of ``rows`` (CSR ``splits``), row after row."""
-    starts, lengths = splits[rows], splits[rows + 1] - splits[rows]
-    offsets = np.cumsum(lengths) - lengths
-    return np.arange(int(lengths.sum())) - np.repeat(offsets, lengths) + np.repeat(starts, lengths)
-
-
-def _sparse_chunks(ratings: SparseRatings, targets: np.ndarray, current: np.ndarray, d: int) -> tuple[list[tuple], list[np.ndarray]]:
-    """The kernel inputs of each chunk of rows, and each chunk's row indices."""
+def _sparse_chunks(
+    ratings: SparseRatings, targets: np.ndarray, current: np.ndarray, d: int
+) -> tuple[list[tuple], list[np.ndarray]]:
+    """The kernel inputs of each chunk of consecutive rows, and each chunk's row indices."""
     counts = ratings.row_counts()
-    row_sets = _length_sorted_chunks(counts, d)
+    pieces = -(-counts // PIECE)
+    # float32s per row: each piece's features, columns, targets and Gram; the row's Gram,
+    # and the solver's few vectors.
+    row_sets = _chunk_bounds(4 * (pieces * (PIECE * (d + 2) + d * d) + 4 * d * d))
     chunks = []
     for rows in row_sets:
-        entries = _entries_of(rows, ratings.row_splits)
-        chunks.append((counts[rows].astype(np.int64), ratings.cols[entries], targets[entries], current[rows]))
+        splits = ratings.row_splits[rows[0] : rows[-1] + 2]
+        chunks.append((counts[rows], *_pieces(splits, ratings.cols, targets, ratings.shape[1]), current[rows]))
     return chunks, row_sets
 
 
-def _dense_chunks(ratings: MaskedDense, targets: np.ndarray, current: np.ndarray, d: int) -> tuple[list[tuple], list[np.ndarray]]:
+def _dense_chunks(
+    ratings: MaskedDense, targets: np.ndarray, current: np.ndarray, d: int
+) -> tuple[list[tuple], list[np.ndarray]]:
     """Consecutive rows in chunks whose mask products stay within ``CHUNK_BYTES``."""
     n_rows, n_cols = ratings.shape
     size = int(min(CHUNK_ROWS, max(1, CHUNK_BYTES // (4 * max(n_cols, d * d)))))
@@ -331,8 +367,9 @@ def half_step(
     current : np.ndarray of shape (n_rows, rank)
         This side's current factors: the warm start.
     params : SolverParams
-        ``rank``, ``reg``, ``bias``, ``bias_reg``, ``inner_max_iter``, ``inner_tol``,
-        ``objective`` and ``unobserved_weight`` are used.
+        ``rank``, ``reg``, ``reg_exponent``, ``factor_center``, ``bias``, ``bias_reg``,
+        ``bias_reg_exponent``, ``inner_max_iter``, ``inner_tol``, ``objective`` and
+        ``unobserved_weight`` are used.
     other_bias, current_bias : np.ndarray of shape (n_other,) / (n_rows,), optional
         Required when ``params.bias``.
     global_mean : float, default=0.0
@@ -355,12 +392,14 @@ def half_step(
         current_bias = check_array(current_bias, label="current bias", ndim=1, shape=(n_rows,)).astype(np.float32)
         features = np.hstack([other, np.ones((n_other, 1), np.float32)])
         start = np.hstack([current, current_bias[:, None]])
-        reg_diag = np.array([params.reg] * k + [params.effective_bias_reg], np.float32)
-        nonneg = np.array([True] * k + [False])
+        reg_diag = [params.reg] * k + [params.effective_bias_reg]
+        reg_power = [params.reg_exponent] * k + [params.bias_reg_exponent]
+        center = [params.factor_center] * k + [params.bias_center]
+        lower = [0.0] * k + [-np.inf]
     else:
         features, start = other, current
-        reg_diag = np.full(k, params.reg, np.float32)
-        nonneg = np.ones(k, bool)
+        reg_diag, reg_power = [params.reg] * k, [params.reg_exponent] * k
+        center, lower = [params.factor_center] * k, [0.0] * k
     d = features.shape[1]
 
     if params.objective == "ranking":
@@ -384,8 +423,7 @@ def half_step(
 
     shared = (
         tf.constant(features),
-        tf.constant(reg_diag),
-        tf.constant(nonneg),
+        *(tf.constant(part, tf.float32) for part in (reg_diag, reg_power, center, lower)),
         tf.constant(base_gram),
         tf.constant(obs_weight, tf.float32),
         tf.constant(params.inner_max_iter, tf.int32),

@@ -48,12 +48,15 @@ class SolverParams:
     The objective over the observed pairs Ω is::
 
         L(W, H) = Σ_(u,i)∈Ω (r_ui − r̂_ui)²
-                  + reg · (Σ_u n_u ‖w_u‖² + Σ_i n_i ‖h_i‖²)
-                  + bias_reg · (Σ_u n_u b_u² + Σ_i n_i b_i²)      (when bias)
+                  + reg · (Σ_u n_u^α ‖w_u − c‖² + Σ_i n_i^α ‖h_i − c‖²)
+                  + bias_reg · (Σ_u n_u^β (b_u − b₀)² + Σ_i n_i^β (b_i − b₀)²)      (when bias)
 
     with ``r̂_ui = w_u · h_i`` or, with ``bias=True``, ``r̂_ui = μ + b_u + b_i + w_u · h_i``
     where μ is the mean training rating. ``W ≥ 0`` and ``H ≥ 0``; biases are free.
-    ``n_u``, ``n_i`` are rating counts (weighted-λ regularisation, as in ALS-WR).
+    ``n_u``, ``n_i`` are rating counts; rows without ratings carry no penalty. With the
+    defaults (α = β = 1, c = 0, hence b₀ = 0) this is weighted-λ regularisation, as in
+    ALS-WR and Spark ALS. ``c`` is ``factor_center`` (every factor coordinate is shrunk
+    toward it) and ``b₀ = −rank · c² / 2`` (so a pair of rows at their prior predicts μ).
 
     With ``objective="ranking"`` every unobserved pair also counts, as a zero target with
     weight ``unobserved_weight`` (the weighted formulation of WALS / implicit ALS); observed
@@ -86,6 +89,20 @@ class SolverParams:
     """``"rating"`` (observed pairs only) or ``"ranking"`` (unobserved pairs as weighted zeros)."""
     unobserved_weight: float = 0.01
     """Weight of each unobserved pair under ``objective="ranking"``."""
+    reg_exponent: float = 1.0
+    """α in ``[0, 1]``: a row with ``n`` ratings has factor penalty ``reg · n^α``. 1 is
+    weighted-λ; smaller values shrink heavy users and popular items relatively less (their
+    data speak for themselves) and sparse rows relatively more. ``reg`` must be rescaled
+    with α: ``reg · n̄^(1−α)`` for a typical count ``n̄`` keeps the typical penalty."""
+    bias_reg_exponent: float = 1.0
+    """β in ``[0, 1]``: a row with ``n`` ratings has bias penalty ``bias_reg · n^β``. 0 is the
+    count-free shrinkage of the classic baseline predictor, ``b = Σ residual / (n + bias_reg)``."""
+    factor_center: float = 0.0
+    """c ≥ 0: factors are shrunk toward ``c`` (every coordinate) instead of 0 — the MAP
+    estimate under a normal prior with mean ``c`` truncated at 0. A positive centre lets the
+    non-negative interaction express below-baseline tastes as dips under ``rank · c²``
+    instead of paying the penalty for a positive floor. Biases are then shrunk toward
+    ``−rank · c² / 2``, so that rows at their prior predict the global mean."""
 
     def __post_init__(self) -> None:
         errors = self.errors()
@@ -111,6 +128,9 @@ class SolverParams:
         if self.objective not in OBJECTIVES:
             problems.append(f"objective must be one of {list(OBJECTIVES)} for NNMF; got {self.objective!r}")
         problems += check_float("unobserved_weight", self.unobserved_weight, 0.0, 1.0, low_open=True)
+        problems += check_float("reg_exponent", self.reg_exponent, 0.0, 1.0)
+        problems += check_float("bias_reg_exponent", self.bias_reg_exponent, 0.0, 1.0)
+        problems += check_float("factor_center", self.factor_center, 0.0)
         if self.objective == "ranking" and self.bias is True:
             problems.append("bias must be false when objective is 'ranking' for NNMF; got bias=True")
         return problems
@@ -119,6 +139,11 @@ class SolverParams:
     def effective_bias_reg(self) -> float:
         """λ applied to the biases."""
         return self.reg if self.bias_reg is None else self.bias_reg
+
+    @property
+    def bias_center(self) -> float:
+        """b₀, the value the biases are shrunk toward: ``−rank · factor_center² / 2``."""
+        return -0.5 * self.rank * self.factor_center**2
 
     def replace(self, **changes: Any) -> "SolverParams":
         """A copy with some fields changed (validated again)."""

@@ -70,7 +70,7 @@ def _blocked_half_step(
     factors, biases, totals = [], [], np.zeros(3)
     for block, (start, stop) in enumerate(_block_bounds(current.shape[0], blocks)):
         result: HalfStepResult = half_step(
-            ratings.row_block(start, stop),
+            ratings if blocks == 1 else ratings.row_block(start, stop),
             other,
             current[start:stop],
             params,

@@ -41,19 +41,23 @@ MaskedProblem = Callable[..., tuple[np.ndarray, np.ndarray]]
 def masked_problem(rng: np.random.Generator) -> MaskedProblem:
     """A factory of random masked matrices, drawn from the seeded :func:`rng`.
 
-    ``masked_problem(shape, rank, density, noise=0.05)`` returns ``(values, mask)``: a
-    non-negative rank-``rank`` matrix (entries of its factors uniform in [0.2, 1)) plus
+    ``masked_problem(shape, rank, density, noise=0.05, min_count=1)`` returns ``(values, mask)``:
+    a non-negative rank-``rank`` matrix (entries of its factors uniform in [0.2, 1)) plus
     Gaussian noise, and a boolean mask observing about ``density`` of the entries, with at
-    least one observed entry in every row and every column.
+    least ``min_count`` observed entries in every row and every column.
     """
 
-    def make(shape: tuple[int, int], rank: int, density: float, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    def make(
+        shape: tuple[int, int], rank: int, density: float, noise: float = 0.05, min_count: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_cols = shape
         values = rng.uniform(0.2, 1.0, (n_rows, rank)) @ rng.uniform(0.2, 1.0, (n_cols, rank)).T
         values = values + rng.normal(0.0, noise, shape)
         mask = rng.random(shape) < density
-        mask[np.arange(n_rows), rng.integers(0, n_cols, n_rows)] = True
-        mask[rng.integers(0, n_rows, n_cols), np.arange(n_cols)] = True
+        for row in range(n_rows):
+            mask[row, rng.choice(n_cols, size=min(min_count, n_cols), replace=False)] = True
+        for col in range(n_cols):
+            mask[rng.choice(n_rows, size=min(min_count, n_rows), replace=False), col] = True
         return values, mask
 
     return make

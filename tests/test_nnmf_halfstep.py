@@ -86,7 +86,7 @@ def reference_solution(problem: RowProblem) -> np.ndarray:
     if problem.nonneg.all():
         return scipy.optimize.nnls(problem.design, problem.target, maxiter=10_000)[0]
     lower = np.where(problem.nonneg, 0.0, -np.inf)
-    return scipy.optimize.lsq_linear(problem.design, problem.target, bounds=(lower, np.inf), tol=1e-12).x
+    return scipy.optimize.lsq_linear(problem.design, problem.target, bounds=(lower, np.inf), method="bvls").x
 
 
 def assert_kkt(problem: RowProblem, z: np.ndarray, rtol: float = 1e-4) -> None:
@@ -168,7 +168,9 @@ def test_each_row_solves_its_nnls_subproblem(masked_problem, as_ratings, rng, ki
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("reg", [0.0, 0.05])
 @pytest.mark.parametrize("shape, rank, density", [((10, 8), 2, 0.4), ((25, 20), 3, 0.2)])
-def test_ranking_half_step_solves_the_full_weighted_problem(masked_problem, as_ratings, rng, kind, reg, shape, rank, density):
+def test_ranking_half_step_solves_the_full_weighted_problem(
+    masked_problem, as_ratings, rng, kind, reg, shape, rank, density
+):
     """Reference: every unobserved pair is a target 0 of weight ``unobserved_weight``."""
     values, mask = masked_problem(shape, rank, density)
     params = SolverParams(rank=rank, reg=reg, objective="ranking", unobserved_weight=0.1, **EXACT)
@@ -192,7 +194,8 @@ def test_ranking_objective_equals_the_dense_weighted_loss(masked_problem, as_rat
     w, h = rng.uniform(0.0, 1.0, (9, 2)), rng.uniform(0.0, 1.0, (11, 2))
     weights = np.where(mask, 1.0, params.unobserved_weight)
     dense_loss = float((weights * np.square(np.where(mask, values, 0.0) - w @ h.T)).sum())
-    dense_loss += params.reg * float(mask.sum(axis=1) @ np.square(w).sum(axis=1) + mask.sum(axis=0) @ np.square(h).sum(axis=1))
+    n_u, n_i = mask.sum(axis=1), mask.sum(axis=0)
+    dense_loss += params.reg * float(n_u @ np.square(w).sum(axis=1) + n_i @ np.square(h).sum(axis=1))
 
     got = objective(as_ratings(values, mask, kind), Factors(w.astype(np.float32), h.astype(np.float32)), params)
 
@@ -201,11 +204,14 @@ def test_ranking_objective_equals_the_dense_weighted_loss(masked_problem, as_rat
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="half_step zeroes the factors of rows without observed entries after solving, but "
     "reports the objective at the un-zeroed rows; under objective='ranking' those rows carry "
     "the loss w0·‖F z‖², so HalfStepResult.objective overstates the loss of the returned factors",
 )
-def test_ranking_objective_reported_for_rows_without_entries(rng):
+def test_ranking_objective_reported_for_rows_without_entries():
+    """Fixed data (not the test seed): a deterministic repro. Row 3 has no observed entry."""
+    rng = np.random.default_rng(0)
     values = rng.uniform(1.0, 5.0, (6, 15))
     mask = rng.random((6, 15)) < 0.5
     mask[3] = False
@@ -227,8 +233,14 @@ def test_ranking_objective_reported_for_rows_without_entries(rng):
 )
 @pytest.mark.parametrize("reg", [0.0, 0.1])
 def test_sparse_and_dense_half_steps_agree(masked_problem, rng, bias, objective_name, reg):
-    values, mask = masked_problem((23, 17), 3, 0.35)
-    params = SolverParams(rank=3, reg=reg, bias=bias, objective=objective_name, inner_max_iter=30)
+    """Solved to convergence, both representations reach the same rows (every row has enough
+    entries for its subproblem to have one minimiser).
+
+    (With an early-stopping ``inner_tol`` a float32 rounding difference can move a row's
+    stopping step by one, which changes it by up to that tolerance.)
+    """
+    values, mask = masked_problem((23, 17), 3, 0.35, min_count=6)
+    params = SolverParams(rank=3, reg=reg, bias=bias, objective=objective_name, **EXACT)
     other = rng.uniform(0.0, 1.0, (17, 3))
     current = rng.uniform(0.0, 1.0, (23, 3))
     extra = {}
@@ -238,9 +250,9 @@ def test_sparse_and_dense_half_steps_agree(masked_problem, rng, bias, objective_
     sparse = half_step(SparseRatings.from_dense(values, mask), other, current, params, **extra)
     dense = half_step(MaskedDense(values, mask), other, current, params, **extra)
 
-    np.testing.assert_allclose(stacked(sparse), stacked(dense), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stacked(sparse), stacked(dense), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(sparse.objective, dense.objective, rtol=1e-5)
-    np.testing.assert_allclose(sparse.penalty, dense.penalty, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(sparse.penalty, dense.penalty, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(sparse.pg_norm_sq, dense.pg_norm_sq, rtol=1e-4)
 
 
@@ -320,23 +332,25 @@ def test_projected_gradient_vanishes_at_the_solution(masked_problem, rng):
 
 
 def test_rows_without_entries_get_zero_factors_and_bias(rng):
+    """An empty row gets the neutral zero; the other rows are as if it were not there."""
     values = rng.uniform(1.0, 5.0, (5, 6))
     mask = rng.random((5, 6)) < 0.7
+    mask[:, 0] = True
     mask[2] = False
     params = SolverParams(rank=2, reg=0.1, bias=True)
+    other, current = rng.uniform(0.0, 1.0, (6, 2)), rng.uniform(0.5, 1.0, (5, 2))
+    other_bias = rng.normal(0.0, 0.3, 6)
 
-    result = half_step(
-        SparseRatings.from_dense(values, mask),
-        rng.uniform(0.0, 1.0, (6, 2)),
-        rng.uniform(0.0, 1.0, (5, 2)),
-        params,
-        other_bias=np.zeros(6),
-        current_bias=np.ones(5),
-        global_mean=3.0,
-    )
+    def run(rows: list[int]) -> HalfStepResult:
+        ratings = SparseRatings.from_dense(values[rows], mask[rows])
+        extra = {"other_bias": other_bias, "current_bias": np.ones(len(rows)), "global_mean": 3.0}
+        return half_step(ratings, other, current[rows], params, **extra)
+
+    result, rest = run([0, 1, 2, 3, 4]), run([0, 1, 3, 4])
 
     assert np.all(result.factors[2] == 0.0) and result.bias[2] == 0.0
-    assert np.all(result.factors[[0, 1, 3, 4]].sum(axis=1) > 0.0)
+    np.testing.assert_allclose(stacked(result)[[0, 1, 3, 4]], stacked(rest), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.objective, rest.objective, rtol=1e-5)
 
 
 def test_default_inner_settings_decrease_every_row_loss(masked_problem, rng):
@@ -347,6 +361,7 @@ def test_default_inner_settings_decrease_every_row_loss(masked_problem, rng):
 
     result = half_step(SparseRatings.from_dense(values, mask), other, current, params)
 
-    for problem, before, after in zip(row_problems(values, mask.astype(float), mask, other, params), current, result.factors):
+    problems = row_problems(values, mask.astype(float), mask, other, params)
+    for problem, before, after in zip(problems, current, result.factors):
         assert problem.loss(after.astype(np.float64)) <= problem.loss(before) * (1 + 1e-6) + 1e-9
 
