@@ -47,6 +47,9 @@ class SparseRatings:
         nnz = rows.shape[0]
         cols = check_array(self.cols, label="cols", ndim=1, shape=(nnz,))
         values = check_array(self.values, label="values", ndim=1, shape=(nnz,))
+        for label, index in (("rows", rows), ("cols", cols)):
+            if index.dtype.kind not in "iu" and not (index.dtype.kind == "f" and np.all(index == np.round(index))):
+                raise ValueError(f"{label} must hold whole-number indices; got dtype {index.dtype} with non-integer values")
         n_rows, n_cols = (int(s) for s in self.shape)
         if n_rows < 0 or n_cols < 0:
             raise ValueError(f"shape must be non-negative; got {self.shape}")

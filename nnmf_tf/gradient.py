@@ -91,7 +91,8 @@ def fit_joint_gradient(
     Raises
     ------
     NNMFFitError
-        When the cost becomes non-finite (the learning rate is too large).
+        When the cost becomes non-finite or the factors collapse to zero (the learning rate
+        is too large).
     """
     problems = check_int("rank", rank, 1, "fit_joint_gradient")
     problems += check_float("learning_rate", learning_rate, 0.0, low_open=True, owner="fit_joint_gradient")
@@ -121,6 +122,13 @@ def fit_joint_gradient(
             raise NNMFFitError(
                 f"cost became non-finite by step {done} of the joint gradient method; "
                 f"lower learning_rate (got {learning_rate})"
+            )
+        if data.nnz and np.any(data.values[data.mask] != 0) and (
+            not np.any(w.numpy()) or not np.any(h.numpy())
+        ):
+            raise NNMFFitError(
+                f"factors collapsed to zero by step {done} of the joint gradient method (overshooting "
+                f"steps clipped at zero); lower learning_rate (got {learning_rate})"
             )
         history.append((done, cost))
     return GradientFit(Factors(w.numpy(), h.numpy()), history)

@@ -410,6 +410,9 @@ def half_step(
         base_gram = np.zeros((d, d), np.float32)
         obs_weight = 1.0
 
+    # A row without entries has a zero loss whatever its value: start it at the neutral zero
+    # (already optimal), so it predicts the fallback (global mean plus the other side's bias).
+    start = np.where((ratings.row_counts() == 0)[:, None], np.float32(0.0), start).astype(np.float32)
     if isinstance(ratings, SparseRatings):
         targets = ratings.values
         if params.bias:
@@ -435,9 +438,6 @@ def half_step(
         z[rows] = result[0].numpy()
     sums = [sum(float(r[i].numpy().sum(dtype=np.float64)) for r in results) for i in (1, 2, 3)]
     inner = max((int(r[4].numpy()) for r in results), default=0)
-    # A row without entries has a zero loss whatever its value: give it the neutral zero,
-    # so that it predicts the fallback (global mean plus the other side's bias).
-    z[ratings.row_counts() == 0] = 0.0
     return HalfStepResult(
         factors=np.ascontiguousarray(z[:, :k]),
         bias=np.ascontiguousarray(z[:, k]) if params.bias else None,

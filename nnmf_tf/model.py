@@ -100,12 +100,22 @@ def objective(ratings: Ratings, factors: Factors, params: SolverParams) -> float
         all_pairs = float(np.einsum("uk,kl,ul->", w, h.T @ h, w))
         observed_pred = predict(factors, observed.rows, observed.cols).astype(np.float64)
         loss += params.unobserved_weight * (all_pairs - float(observed_pred @ observed_pred))
-    n_u = observed.row_counts()
-    n_i = observed.col_counts()
-    loss += params.reg * float(n_u @ np.square(factors.user_factors, dtype=np.float64).sum(axis=1))
-    loss += params.reg * float(n_i @ np.square(factors.item_factors, dtype=np.float64).sum(axis=1))
-    if factors.biased:
-        lam = params.effective_bias_reg
-        loss += lam * float(n_u @ np.square(factors.user_bias, dtype=np.float64))
-        loss += lam * float(n_i @ np.square(factors.item_bias, dtype=np.float64))
+    for counts, w, b in (
+        (observed.row_counts(), factors.user_factors, factors.user_bias),
+        (observed.col_counts(), factors.item_factors, factors.item_bias),
+    ):
+        loss += params.reg * float(_weights(counts, params.reg_exponent) @ _sq_dist(w, params.factor_center).sum(axis=1))
+        if factors.biased:
+            weights = _weights(counts, params.bias_reg_exponent)
+            loss += params.effective_bias_reg * float(weights @ _sq_dist(b, params.bias_center))
     return loss
+
+
+def _weights(counts: np.ndarray, exponent: float) -> np.ndarray:
+    """Penalty weight ``n^exponent`` per row, 0 for rows without entries."""
+    counts = counts.astype(np.float64)
+    return np.where(counts > 0, np.power(counts, exponent, where=counts > 0, out=np.zeros_like(counts)), 0.0)
+
+
+def _sq_dist(values: np.ndarray, center: float) -> np.ndarray:
+    return np.square(values.astype(np.float64) - center)

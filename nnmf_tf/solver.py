@@ -164,6 +164,8 @@ def fit(
             f"init factors must have shapes {(n_users, params.rank)} and {(n_items, params.rank)}; got "
             f"{model.user_factors.shape} and {model.item_factors.shape}"
         )
+    if not params.bias and model.biased:
+        model = Factors(model.user_factors, model.item_factors)
     if params.bias and not model.biased:
         model = Factors(
             model.user_factors, model.item_factors, np.zeros(n_users, np.float32), np.zeros(n_items, np.float32),

@@ -15,6 +15,10 @@ from nnmf_tf.model import Factors
 from nnmf_tf.params import check_int
 
 
+#: Columns per group in the pre-selection of :func:`_merge_item_block`.
+_GROUP = 64
+
+
 @tf.function(
     input_signature=[
         tf.TensorSpec([None, None], tf.float32, name="users"),
@@ -30,17 +34,41 @@ from nnmf_tf.params import check_int
 def _merge_item_block(users, items, item_bias, first_item, excluded, best_scores, best_items, n):
     """Score one item block for a chunk of users and merge it into the running top-``n``.
 
-    ``tf.math.top_k`` puts the lower position first among equal scores; the running best
-    (earlier, lower item indices) comes before the block (ascending indices), so ties are
-    broken by ascending item index.
+    Order: score descending, ties by ascending item index (``tf.math.top_k`` puts the lower
+    position first among equal scores, and every candidate list below is in ascending item
+    order).
+
+    Only the block's own top-``n`` joins the running best, found without a full ``top_k``
+    over the block: the block's columns are cut into groups of ``_GROUP`` and only the ``n``
+    groups with the largest maxima (ties: lower group) are searched. That is exact: a group
+    left out has ``n`` selected groups ranked above it, and the first maximum of each of them
+    ranks above every entry of the left-out group (a higher score, or the same score at a
+    lower index), so none of its entries is in the top ``n``.
     """
-    scores = tf.matmul(users, items, transpose_b=True) + item_bias[None, :]
+    scores = tf.matmul(users, items, transpose_b=True)
+    # An empty item_bias means none (unbiased model): skip a full pass over the scores.
+    scores = tf.cond(tf.size(item_bias) > 0, lambda: scores + item_bias[None, :], lambda: scores)
     scores = tf.tensor_scatter_nd_update(
         scores, excluded, tf.fill(tf.shape(excluded)[:1], tf.constant(-np.inf, tf.float32))
     )
-    block_items = first_item + tf.range(tf.shape(items, out_type=tf.int64)[0])
-    block_items = tf.broadcast_to(block_items[None, :], tf.shape(scores, out_type=tf.int64))
-    all_scores = tf.concat([best_scores, scores], axis=1)
+    n_users, width = tf.shape(scores)[0], tf.shape(scores)[1]
+    k = tf.minimum(n, width)
+    pad = -width % _GROUP
+    padded = tf.cond(
+        pad > 0,
+        lambda: tf.pad(scores, [[0, 0], [0, pad]], constant_values=-np.inf),
+        lambda: scores,
+    )
+    groups = tf.reshape(padded, [n_users, -1, _GROUP])
+    n_groups = tf.shape(groups)[1]
+    chosen = tf.math.top_k(tf.reduce_max(groups, axis=2), k=tf.minimum(k, n_groups), sorted=True).indices
+    chosen = tf.sort(chosen, axis=1)  # ascending groups: candidates in ascending item order
+    candidates = tf.reshape(tf.gather(groups, chosen, batch_dims=1), [n_users, -1])
+    columns = tf.reshape(chosen[:, :, None] * _GROUP + tf.range(_GROUP)[None, None, :], [n_users, -1])
+    block_top = tf.math.top_k(candidates, k=k, sorted=True)
+    block_items = first_item + tf.cast(tf.gather(columns, block_top.indices, batch_dims=1), tf.int64)
+    # The running best holds lower item indices than this block: it goes first.
+    all_scores = tf.concat([best_scores, block_top.values], axis=1)
     all_items = tf.concat([best_items, block_items], axis=1)
     top = tf.math.top_k(all_scores, k=tf.minimum(n, tf.shape(all_scores)[1]), sorted=True)
     return top.values, tf.gather(all_items, top.indices, batch_dims=1)
@@ -83,7 +111,8 @@ def top_n(
         problems.append(f"exclude must have shape {(n_users, n_items)} for top_n; got {exclude.shape}")
     if problems:
         raise ValueError("; ".join(problems))
-    item_bias = factors.item_bias.astype(np.float32) if factors.biased else np.zeros(n_items, np.float32)
+    item_bias = factors.item_bias.astype(np.float32) if factors.biased else None
+    no_bias = np.zeros(0, np.float32)
     user_offset = (
         factors.global_mean + factors.user_bias.astype(np.float32) if factors.biased else np.zeros(n_users, np.float32)
     )
@@ -104,7 +133,7 @@ def top_n(
             else:
                 excluded = np.zeros((0, 2), np.int64)
             best_scores, best_items = _merge_item_block(
-                w[u0:u1], h[i0:i1], item_bias[i0:i1], np.int64(i0), excluded, best_scores, best_items, np.int32(n)
+                w[u0:u1], h[i0:i1], no_bias if item_bias is None else item_bias[i0:i1], np.int64(i0), excluded, best_scores, best_items, np.int32(n)
             )
         scores = best_scores.numpy()
         found = np.isfinite(scores)

@@ -202,13 +202,6 @@ def test_ranking_objective_equals_the_dense_weighted_loss(masked_problem, as_rat
     np.testing.assert_allclose(got, dense_loss, rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="half_step zeroes the factors of rows without observed entries after solving, but "
-    "reports the objective at the un-zeroed rows; under objective='ranking' those rows carry "
-    "the loss w0·‖F z‖², so HalfStepResult.objective overstates the loss of the returned factors",
-)
 def test_ranking_objective_reported_for_rows_without_entries():
     """Fixed data (not the test seed): a deterministic repro. Row 3 has no observed entry."""
     rng = np.random.default_rng(0)

@@ -92,13 +92,6 @@ def test_history_is_monotone_and_ends_at_the_objective(masked_problem, as_rating
     assert not result.converged and result.n_iter == params.max_iter
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="under objective='ranking', an item (or user) without observed entries is zeroed after "
-    "its half-step but the reported objective is taken before zeroing, so objective_history[-1] "
-    "differs from model.objective at the returned factors (see test_nnmf_halfstep)",
-)
 def test_ranking_history_ends_at_the_objective_with_an_empty_column():
     """Fixed data (not the test seed): a deterministic repro. Item 4 has no observed entry."""
     rng = np.random.default_rng(0)
@@ -270,13 +263,6 @@ def test_non_finite_factors_in_a_block_name_the_block(masked_problem):
         fit(ratings, SolverParams(rank=2, max_iter=3), init=init, row_blocks=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fit with params.bias=False and a biased init silently drops the init's biases from the "
-    "iterations, yet computes initial_objective with them: initial_objective is not the objective "
-    "where the iterations start, and the history rises above it",
-)
 def test_unbiased_fit_from_a_biased_init_starts_at_its_initial_objective():
     """Fixed data (not the test seed): a deterministic repro. Rejecting such an init also passes."""
     rng = np.random.default_rng(0)
