@@ -21,11 +21,12 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline import blocks, schemas
-from pipeline.dedup import deduplicate
+from pipeline.dedup import POLICIES, deduplicate
 from pipeline.split import split_holdout
 from pipeline.timing import timed
 
@@ -64,6 +65,43 @@ def _split_by_user_block(table: pa.Table, n_blocks: int):
         yield int(block), table.filter(pa.array(block_ids == block))
 
 
+def _read_order(table: pa.Table) -> np.ndarray | None:
+    """Row positions of ``table`` sorted by ``(source, row)`` (unique per row), or None when
+    the columns are not what this fast path expects (nulls, negative rows)."""
+    source, row = table.column(schemas.SOURCE), table.column(schemas.ROW)
+    if source.null_count or row.null_count or not pa.types.is_string(source.type):
+        return None
+    rows = row.to_numpy()
+    if len(rows) and int(rows.min()) < 0:
+        return None
+    encoded = pc.dictionary_encode(source).combine_chunks()
+    names = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    # Arrow orders strings by their UTF-8 bytes, which is Python's code point order.
+    rank = np.empty(len(names), np.int64)
+    rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+    stride = np.int64(int(rows.max()) + 1 if len(rows) else 1)
+    return np.argsort(rank[encoded.indices.to_numpy()] * stride + rows, kind="stable")
+
+
+def deduplicate_block(table: pa.Table, policy: str) -> tuple[pa.Table, pa.Table]:
+    """:func:`pipeline.dedup.deduplicate`, with a fast path for the common case of no
+    repeated (user, item) pair: one hash pass to check, then only the ``(source, row)`` order
+    that ``deduplicate`` returns (its 5-key sort is most of the block stage's time).
+    The tables returned are the same as ``deduplicate``'s in both cases."""
+    if policy in POLICIES and table.num_rows:
+        import pandas as pd
+
+        pairs = pd.DataFrame({
+            "user": table.column(schemas.USER_ID).to_numpy(zero_copy_only=False),
+            "item": table.column(schemas.ITEM_ID).to_numpy(zero_copy_only=False),
+        })
+        if not pairs.duplicated().any():
+            order = _read_order(table)
+            if order is not None:
+                return table.take(order), table.slice(0, 0)
+    return deduplicate(table, policy)
+
+
 class _DeduplicateAndSplitFn(beam.DoFn):
     """Concatenate a user block's batches, drop duplicate pairs, split train / held-out."""
 
@@ -77,7 +115,7 @@ class _DeduplicateAndSplitFn(beam.DoFn):
     def _process(self, element):
         block, tables = element
         table = pa.concat_tables(list(tables))
-        kept, dropped = deduplicate(table, self._policy)
+        kept, dropped = deduplicate_block(table, self._policy)
         self._duplicates.inc(dropped.num_rows)
         train, heldout = split_holdout(kept, self._fraction, self._seed)
         yield pvalue.TaggedOutput(COUNTS, ("duplicates_dropped", None, dropped.num_rows))

@@ -56,6 +56,16 @@ class HalfStepFn(beam.DoFn):
     def __init__(self, params: SolverParams, compute, side: str, iteration: int):
         self._params, self._compute, self._side, self._iteration = params, compute, side, iteration
         self._strategy = None
+        self._other_cache = None
+
+    def _other_side(self, other: dict) -> FactorBlock:
+        """The other side's blocks concatenated in global order, once per side-input object:
+        every block of this half-step reads the same matrix, so it is built once while Beam
+        hands this DoFn instance the same (never mutated) side-input dict."""
+        cached = self._other_cache
+        if cached is None or cached[0] is not other:
+            cached = self._other_cache = (other, concat_factors(other, self._params.rank))
+        return cached[1]
 
     def setup(self) -> None:
         from pipeline.tf_worker import worker_strategy
@@ -71,7 +81,7 @@ class HalfStepFn(beam.DoFn):
 
         started = time.perf_counter()
         params = self._params
-        other_side = concat_factors(other, params.rank)
+        other_side = self._other_side(other)
         current = previous[block.block]
         result = half_step(
             block.ratings,

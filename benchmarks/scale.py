@@ -1,0 +1,492 @@
+"""Scaling benchmark: the whole Beam job at 1M, 5M and 20M ratings next to Spark ALS.
+
+    python benchmarks/scale.py [--sizes 1m,5m,20m] [--skip-spark] [--workdir DIR]
+                               [--blocks 4] [--mode in_memory|multi_processing] [--workers N]
+
+For each size, ratings come from the project's generator (:mod:`pipeline.generate`: planted
+non-negative rank-10 model, Zipf item popularity, log-normal user activity) as sharded Parquet,
+cached in ``--workdir`` between runs. Then, one after the other:
+
+* **our pipeline**, end to end on the DirectRunner (``nnmf-pipeline run`` in a child process:
+  read, validate, deduplicate, split, block, 10 iterations at rank 20, top-10 for every user,
+  held-out metrics, write every table). Wall time is the child's, interpreter start included;
+  peak memory is the largest sum of RSS over the child's whole process tree (Beam workers
+  included), sampled every 0.2 s with psutil. The run's ``metrics.json`` gives the busy seconds
+  per stage (``seconds_*``) and per iteration (``halfstep_seconds_*``).
+* **Spark ALS** (pyspark ``local[2]``, ``nonnegative=True``, same rank, iterations and λ,
+  explicit feedback) in another child process, reading the same Parquet files. Its input is an
+  80% random sample (the pipeline trains on its 80% hash split), cached and counted before the
+  clock starts: the figure is ``ALS.fit`` alone. Peak RSS is the JVM's.
+* **kernel efficiency**: in this process (no Beam), the same blocks are built and one iteration
+  of half-steps is timed; achieved GFLOP/s count ``2·nnz·k²`` for the Grams plus ``2·rows·k²``
+  per inner step actually taken (one matvec per step; the unpadded, useful work), next to a
+  2048³ ``tf.matmul`` measured in the same process.
+
+Prints one table (size, users, items, our wall s, our peak RSS GB, our s per M ratings, Spark
+fit s, Spark peak RSS GB, ratio = our wall / Spark fit), then the per-stage breakdown and the
+GFLOP/s lines. Requires the ``bench`` extra (``pip install pyspark psutil``) unless
+``--skip-spark`` (psutil is always needed).
+
+Runner choice: ``--mode in_memory`` (default) runs the FnApiRunner in this one process tree
+with one worker thread; ``multi_processing`` starts ``--workers`` fresh interpreters (default
+2), each importing TensorFlow (~0.45 GB each) with one intra-op thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "local.yaml"
+
+
+@dataclass(frozen=True)
+class Size:
+    label: str
+    users: int
+    items: int
+    ratings: int
+    shards: int
+
+
+SIZES = {
+    "1m": Size("1m", 40_000, 4_000, 1_000_000, 4),
+    "5m": Size("5m", 200_000, 20_000, 5_000_000, 8),
+    "20m": Size("20m", 800_000, 80_000, 20_000_000, 16),
+}
+GENERATOR = {"rank": 10, "seed": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Process-tree memory sampling
+
+
+class TreeSampler:
+    """Peak RSS of a process and all its descendants (summed), sampled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.2, name_filter: str | None = None):
+        import psutil
+
+        self._root = psutil.Process(pid)
+        self._interval, self._filter = interval, name_filter
+        self.peak = 0
+        self.peak_filtered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self._root] + self._root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            total = filtered = 0
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss
+                    total += rss
+                    if self._filter and self._filter in proc.name():
+                        filtered += rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self.peak_filtered = max(self.peak_filtered, filtered)
+            self._stop.wait(self._interval)
+
+
+def run_measured(cmd: list[str], log: Path, name_filter: str | None = None, cwd: Path = REPO, env=None):
+    """Run ``cmd``; its wall seconds, its memory sampler, its exit status and the CPU seconds
+    (user + system) of its process tree (children reaped by it included)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        with TreeSampler(proc.pid, name_filter=name_filter) as sampler:
+            status = proc.wait()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # Other processes on the machine distort wall times: say how busy it was.
+    print(f"    ({Path(cmd[1]).name if cmd[1] != '-m' else cmd[2]}: 1-min load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after; this machine has {os.cpu_count()} cores)", flush=True)
+    return wall, sampler, status, cpu
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def ensure_data(size: Size, workdir: Path) -> Path:
+    """Generated Parquet shards for ``size`` (cached: regenerated only when missing)."""
+    folder = workdir / f"data-{size.label}"
+    marker = folder / "generated.json"
+    spec = {"users": size.users, "items": size.items, "ratings": size.ratings, "shards": size.shards, **GENERATOR}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return folder
+    cmd = [
+        sys.executable, "-m", "pipeline.generate", "--out", str(folder), "--users", str(size.users),
+        "--items", str(size.items), "--ratings", str(size.ratings), "--rank", str(GENERATOR["rank"]),
+        "--shards", str(size.shards), "--format", "parquet", "--seed", str(GENERATOR["seed"]),
+    ]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    marker.write_text(json.dumps(spec))
+    print(f"[{size.label}] generated {size.ratings} ratings in {time.perf_counter() - started:.1f} s -> {folder}", flush=True)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Our pipeline
+
+
+def pipeline_command(data: Path, out: Path, args) -> list[str]:
+    workers = args.workers or (2 if args.mode == "multi_processing" else 1)
+    sets = {
+        "input.path": f"{data}/*.parquet",
+        "input.format": "parquet",
+        "input.timestamp_column": "timestamp",
+        "model.rank": args.rank,
+        "model.max_iter": args.iterations,
+        "model.bias": "false",
+        "model.reg": args.reg,
+        "blocks.user_blocks": args.blocks,
+        "blocks.item_blocks": args.blocks,
+        "beam.options.direct_running_mode": args.mode,
+        "beam.options.direct_num_workers": workers,
+    }
+    if args.intra_op_threads is not None:
+        sets["compute.intra_op_threads"] = args.intra_op_threads
+    cmd = [sys.executable, "-m", "pipeline", "--log-level", "WARNING", "run", "--config", str(CONFIG)]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd + ["--output", str(out), "--overwrite"]
+
+
+@dataclass
+class OurResult:
+    wall: float
+    peak_rss: int
+    cpu: float
+    metrics: dict = field(default_factory=dict)
+
+
+def run_ours(size: Size, data: Path, workdir: Path, args) -> OurResult:
+    out = workdir / f"run-{size.label}"
+    log = workdir / f"run-{size.label}.log"
+    cwd, env = REPO, None
+    if args.source:  # another checkout of the code (before/after comparisons)
+        cwd, env = args.source.resolve(), {**os.environ, "PYTHONPATH": str(args.source.resolve())}
+    wall, sampler, status, cpu = run_measured(pipeline_command(data, out, args), log, cwd=cwd, env=env)
+    if status != 0:
+        print(f"[{size.label}] pipeline FAILED (exit {status}); see {log}:\n" + log.read_text()[-3000:], flush=True)
+        return OurResult(wall, sampler.peak, cpu, {})
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"[{size.label}] pipeline: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {sampler.peak / 2**30:.2f} GB", flush=True)
+    return OurResult(wall, sampler.peak, cpu, metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spark ALS (child process: ``scale.py --spark-child ...``)
+
+
+def spark_child(args) -> int:
+    import warnings
+
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import SparkSession, functions as F
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.driver.memory", args.spark_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    paths = sorted(glob.glob(f"{args.spark_child}/*.parquet"))
+    frame = spark.read.parquet(*paths).select(
+        F.col("user_id").cast("int").alias("user"), F.col("item_id").cast("int").alias("item"),
+        F.col("rating").cast("float").alias("rating"),
+    )
+    train, _ = frame.randomSplit([0.8, 0.2], seed=42)
+    train = train.cache()
+    n = train.count()
+    als = ALS(
+        rank=args.rank, maxIter=args.iterations, regParam=args.reg, nonnegative=True, implicitPrefs=False,
+        userCol="user", itemCol="item", ratingCol="rating", seed=42,
+    )
+    started = time.perf_counter()
+    model = als.fit(train)
+    # ALS.fit materialises both factor tables before returning (they are cached and counted).
+    seconds = time.perf_counter() - started
+    print("SPARK_RESULT " + json.dumps({"fit_seconds": seconds, "train_ratings": n, "users": model.userFactors.count()}), flush=True)
+    spark.stop()
+    return 0
+
+
+@dataclass
+class SparkResult:
+    fit: float
+    peak_jvm: int
+    train_ratings: int
+
+
+def run_spark(size: Size, data: Path, workdir: Path, args) -> SparkResult | None:
+    log = workdir / f"spark-{size.label}.log"
+    memory = args.spark_memory or ("10g" if size.ratings > 5_000_000 else "4g")
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--spark-child", str(data), "--rank", str(args.rank),
+        "--iterations", str(args.iterations), "--reg", str(args.reg), "--spark-memory", memory,
+    ]
+    _, sampler, status, _ = run_measured(cmd, log, name_filter="java")
+    lines = [line for line in log.read_text().splitlines() if line.startswith("SPARK_RESULT ")]
+    if status != 0 or not lines:
+        print(f"[{size.label}] Spark FAILED (exit {status}); see {log}:\n" + log.read_text()[-3000:], flush=True)
+        return None
+    result = json.loads(lines[-1].split(" ", 1)[1])
+    print(f"[{size.label}] Spark ALS: fit {result['fit_seconds']:.1f} s on {result['train_ratings']} ratings, "
+          f"JVM peak RSS {sampler.peak_filtered / 2**30:.2f} GB (driver memory {memory})", flush=True)
+    return SparkResult(result["fit_seconds"], sampler.peak_filtered, result["train_ratings"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel efficiency (in this process, no Beam)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import tensorflow as tf
+
+    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
+    tf.matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            c = tf.matmul(a, b)
+        c.numpy()
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * n**3 / best / 1e9
+
+
+def build_blocks(data: Path, n_blocks: int, seed: int = 42, holdout: float = 0.2):
+    """User and item blocks as the pipeline builds them (same hashing, split and indices)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import blocks
+    from pipeline.split import split_holdout
+
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{data}/*.parquet"))])
+    train, held = split_holdout(table, holdout, seed)
+    del table
+    user_of = blocks.user_block_of(train.column("user_id"), n_blocks)
+    held_of = blocks.user_block_of(held.column("user_id"), n_blocks)
+    item_ids = np.unique(train.column("item_id").to_numpy())
+    item_of = blocks.item_block_of(item_ids, n_blocks)
+    vocab = {b: item_ids[item_of == b] for b in range(n_blocks)}
+    user_blocks, entries = [], {}
+    for b in range(n_blocks):
+        block, parts = blocks.build_user_block(
+            b, train.filter(pa.array(user_of == b)), held.filter(pa.array(held_of == b)), vocab, n_blocks
+        )
+        user_blocks.append(block)
+        for item_block, part in parts.items():
+            entries.setdefault(item_block, []).append((b, part))
+    sizes = {b.block: len(b.ids) for b in user_blocks}
+    item_blocks = [blocks.build_item_block(b, vocab[b], entries.get(b, []), sizes) for b in range(n_blocks)]
+    mean = float(train.column("rating").to_numpy().astype(np.float64).mean())
+    return user_blocks, item_blocks, vocab, mean
+
+
+def kernel_efficiency(data: Path, args) -> dict:
+    """One warm-up and one timed iteration of the half-steps on the pipeline's blocks, then the
+    same half-steps capped at one inner step (≈ the Gram build alone), to split the cost."""
+    from nnmf_tf.halfstep import half_step
+    from nnmf_tf.params import SolverParams
+    from pipeline.blocks import FactorBlock, concat_factors
+    from pipeline.factorize import initial_block
+
+    user_blocks, item_blocks, vocab, mean = build_blocks(data, args.blocks)
+    params = SolverParams(rank=args.rank, reg=args.reg, bias=False, max_iter=args.iterations)
+    k = params.rank
+    users = dict(initial_block("user", b.block, b.ids, params, mean) for b in user_blocks)
+    items = dict(initial_block("item", b, vocab[b], params, mean) for b in vocab)
+
+    def side(row_blocks, other, current, solver=params):
+        other_factors = concat_factors(other, k).factors
+        out, stats = {}, {"seconds": 0.0, "flops": 0.0, "gram_flops": 0.0, "rows": 0, "nnz": 0, "inner": []}
+        for block in row_blocks:
+            started = time.perf_counter()
+            result = half_step(block.ratings, other_factors, current[block.block].factors, solver)
+            stats["seconds"] += time.perf_counter() - started
+            rows, nnz = block.ratings.shape[0], block.ratings.nnz
+            stats["gram_flops"] += 2.0 * nnz * k * k
+            stats["flops"] += 2.0 * nnz * k * k + 2.0 * rows * k * k * (result.inner_iters + 1)
+            stats["rows"] += rows
+            stats["nnz"] += nnz
+            stats["k2"] = k * k
+            stats["inner"].append(result.inner_iters)
+            out[block.block] = FactorBlock(result.factors)
+        return out, stats
+
+    for _ in range(2):  # the first iteration traces; the second is measured
+        new_users, user_stats = side(user_blocks, items, users)
+        new_items, item_stats = side(item_blocks, new_users, items)
+    # The same half-steps with one inner step: Gram build, Lipschitz bound, one step.
+    one = params.replace(inner_max_iter=1)
+    _, user_one = side(user_blocks, items, users, one)
+    _, item_one = side(item_blocks, new_users, items, one)
+    user_stats["one_step_seconds"], item_stats["one_step_seconds"] = user_one["seconds"], item_one["seconds"]
+    return {"user": user_stats, "item": item_stats, "matmul_gflops": matmul_gflops()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+STAGES = ("read", "validate", "block", "factorize", "recommend")
+
+
+def print_report(rows: list[dict], args) -> None:
+    print()
+    print(f"DirectRunner {args.mode} (workers: {args.workers or (2 if args.mode == 'multi_processing' else 1)}), "
+          f"{args.blocks}x{args.blocks} blocks, rank {args.rank}, {args.iterations} iterations, λ={args.reg}")
+    header = (f"{'size':>5} {'users':>8} {'items':>7} {'our wall s':>10} {'our CPU s':>9} {'our peak GB':>11} {'our s/M':>8} "
+              f"{'Spark fit s':>11} {'Spark GB':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        size, ours, spark = row["size"], row["ours"], row.get("spark")
+        per_m = ours.wall / (size.ratings / 1e6)
+        spark_fit = f"{spark.fit:11.1f}" if spark else f"{'-':>11}"
+        spark_gb = f"{spark.peak_jvm / 2**30:9.2f}" if spark else f"{'-':>9}"
+        ratio = f"{ours.wall / spark.fit:6.2f}" if spark else f"{'-':>6}"
+        print(f"{size.label:>5} {size.users:>8} {size.items:>7} {ours.wall:10.1f} {ours.cpu:9.1f} {ours.peak_rss / 2**30:11.2f} "
+              f"{per_m:8.2f} {spark_fit} {spark_gb} {ratio}")
+    print("ratio = our whole pipeline's wall time / Spark ALS fit alone (< 1: we are faster); "
+          "our CPU s = user + system seconds of the pipeline's process tree; s/M = wall s per million ratings")
+
+    print("\nBusy seconds per stage (metrics.json seconds_*, summed over workers), and the rest of the wall time:")
+    print(f"{'size':>5} " + " ".join(f"{s:>9}" for s in STAGES) + f" {'run total':>9} {'wall':>7} {'other':>7}")
+    for row in rows:
+        m, ours = row["ours"].metrics, row["ours"]
+        if not m:
+            print(f"{row['size'].label:>5} (failed)")
+            continue
+        busy = [m.get(f"seconds_{s}", 0.0) for s in STAGES]
+        print(f"{row['size'].label:>5} " + " ".join(f"{b:9.1f}" for b in busy)
+              + f" {m.get('seconds_total', float('nan')):9.1f} {ours.wall:7.1f} {ours.wall - sum(busy):7.1f}")
+    print("(other = wall − Σ busy: interpreter start, imports, Beam stages, shuffles, side inputs, writes)")
+    for row in rows:
+        m = row["ours"].metrics
+        if not m:
+            continue
+        steps = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in m.items() if k.startswith("halfstep_seconds_"))
+        print(f"{row['size'].label:>5} halfstep_seconds per iteration: " + " ".join(f"{v:.2f}" for _, v in steps)
+              + f"  (Σ {sum(v for _, v in steps):.1f})")
+        print(f"{row['size'].label:>5} held-out RMSE {m.get('heldout_rmse', float('nan')):.4f}, "
+              f"NDCG@10 {m.get('heldout_ndcg_at_10', float('nan')):.4f} "
+              f"(popularity baseline NDCG@10 {m.get('baseline_ndcg_at_10', float('nan')):.4f}), "
+              f"final train loss {m.get(f'train_loss_{args.iterations}', float('nan')):.1f}")
+
+    print("\nHalf-step kernel efficiency (in-process, same blocks; FLOPs = 2·nnz·k² Grams + 2·rows·k² per inner step):")
+    for row in rows:
+        kernel = row.get("kernel")
+        if not kernel:
+            continue
+        peak = kernel["matmul_gflops"]
+        total_flops = total_seconds = 0.0
+        for side in ("user", "item"):
+            s = kernel[side]
+            gflops = s["flops"] / s["seconds"] / 1e9
+            total_flops += s["flops"]
+            total_seconds += s["seconds"]
+            steps = max(s["inner"])
+            per_step = (s["seconds"] - s["one_step_seconds"]) / max(steps - 1, 1)
+            print(f"{row['size'].label:>5} {side:>4} half-step: {s['rows']} rows, {s['nnz']} nnz, inner steps "
+                  f"{steps}, {s['seconds']:.2f} s, {s['flops'] / 1e9:.2f} GFLOP -> {gflops:.2f} GFLOP/s "
+                  f"({100 * gflops / peak:.1f}% of matmul)")
+            print(f"{'':>5} {'':>4}   capped at 1 inner step: {s['one_step_seconds']:.2f} s "
+                  f"(Grams {s['gram_flops'] / 1e9:.2f} GFLOP -> {s['gram_flops'] / s['one_step_seconds'] / 1e9:.2f} GFLOP/s "
+                  f"at most); each further inner step {1000 * per_step:.1f} ms = "
+                  f"{1e9 * per_step / max(s['rows'], 1):.0f} ns per row "
+                  f"({2.0 * s['rows'] * s['k2'] / max(per_step, 1e-12) / 1e9:.2f} GFLOP/s)")
+        gflops = total_flops / total_seconds / 1e9
+        print(f"{row['size'].label:>5} iteration: {total_seconds:.2f} s, {gflops:.2f} GFLOP/s; this machine's tf.matmul "
+              f"(2048³, same process): {peak:.1f} GFLOP/s -> {100 * gflops / peak:.1f}% (target ≥ 20%)")
+        m = row["ours"].metrics
+        if m.get("seconds_factorize"):
+            in_pipeline = total_flops * args.iterations / m["seconds_factorize"] / 1e9
+            print(f"{row['size'].label:>5} in the pipeline: {total_flops * args.iterations / 1e9:.1f} GFLOP over "
+                  f"seconds_factorize {m['seconds_factorize']:.1f} -> {in_pipeline:.2f} GFLOP/s "
+                  f"({100 * in_pipeline / peak:.1f}% of matmul)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1m,5m", help="comma-separated, from " + ",".join(SIZES))
+    parser.add_argument("--skip-spark", action="store_true")
+    parser.add_argument("--skip-kernel", action="store_true", help="skip the in-process kernel GFLOP/s measurement")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--blocks", type=int, default=4, help="user blocks = item blocks (default: %(default)s)")
+    parser.add_argument("--mode", default="in_memory", choices=["in_memory", "multi_processing"])
+    parser.add_argument("--workers", type=int, default=None, help="direct_num_workers (default: 1, or 2 multi-processing)")
+    parser.add_argument("--intra-op-threads", type=int, default=None, help="compute.intra_op_threads (default: config's)")
+    parser.add_argument("--rank", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--reg", type=float, default=0.1)
+    parser.add_argument("--spark-memory", default=None, help="Spark driver memory (default: 4g up to 5M, 10g above)")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="run the pipeline from this source tree instead of this checkout (before/after comparisons)")
+    parser.add_argument("--spark-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.spark_child:
+        return spark_child(args)
+
+    sizes = [SIZES[s.strip().lower()] for s in args.sizes.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory(prefix="nnmf-scale-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for size in sizes:
+            data = ensure_data(size, workdir)
+            row = {"size": size, "ours": run_ours(size, data, workdir, args)}
+            if not args.skip_spark:
+                row["spark"] = run_spark(size, data, workdir, args)
+            rows.append(row)
+        if not args.skip_kernel:
+            # Last, in this process: TensorFlow must not run here before the children are done
+            # (it would only compete with them for the two cores).
+            for row in rows:
+                row["kernel"] = kernel_efficiency(ensure_data(row["size"], workdir), args)
+        print_report(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
