@@ -177,8 +177,11 @@ def pipeline_command(data: Path, out: Path, args) -> list[str]:
         "beam.options.direct_running_mode": args.mode,
         "beam.options.direct_num_workers": workers,
     }
-    if args.intra_op_threads is not None:
-        sets["compute.intra_op_threads"] = args.intra_op_threads
+    threads = args.intra_op_threads
+    if threads is None and args.mode == "multi_processing":
+        threads = 1  # one TensorFlow thread per worker process (DESIGN §7: ~20% faster than 2 each)
+    if threads is not None:
+        sets["compute.intra_op_threads"] = threads
     cmd = [sys.executable, "-m", "pipeline", "--log-level", "WARNING", "run", "--config", str(CONFIG)]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
@@ -456,7 +459,8 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=4, help="user blocks = item blocks (default: %(default)s)")
     parser.add_argument("--mode", default="in_memory", choices=["in_memory", "multi_processing"])
     parser.add_argument("--workers", type=int, default=None, help="direct_num_workers (default: 1, or 2 multi-processing)")
-    parser.add_argument("--intra-op-threads", type=int, default=None, help="compute.intra_op_threads (default: config's)")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="compute.intra_op_threads (default: the config's in memory, 1 per worker multi-processing)")
     parser.add_argument("--rank", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--reg", type=float, default=0.1)
