@@ -89,6 +89,14 @@ def _blocked_half_step(
     return np.concatenate(factors), bias, *totals
 
 
+def initial_scale(params: SolverParams, global_mean: float) -> float:
+    """Scale of the initial factors: ``params.init_scale``, else the scale that makes initial
+    predictions average the mean rating (unbiased) or 1 (the interaction of a biased model)."""
+    if params.init_scale is not None:
+        return params.init_scale
+    return default_scale(1.0 if params.bias else global_mean, params.rank)
+
+
 def initial_model(ratings: Ratings, params: SolverParams, row_keys=None, col_keys=None) -> Factors:
     """The starting point of :func:`fit`: seeded factors from each row's key, zero biases.
 
@@ -98,12 +106,7 @@ def initial_model(ratings: Ratings, params: SolverParams, row_keys=None, col_key
     """
     n_rows, n_cols = ratings.shape
     mean = ratings.mean()
-    if params.init_scale is not None:
-        scale = params.init_scale
-    elif params.bias:
-        scale = default_scale(1.0, params.rank)
-    else:
-        scale = default_scale(mean, params.rank)
+    scale = initial_scale(params, mean)
     rows = np.arange(n_rows) if row_keys is None else row_keys
     cols = np.arange(n_cols) if col_keys is None else col_keys
     w = initial_factors(rows, params.rank, params.seed, scale, salt=0)

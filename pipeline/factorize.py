@@ -20,21 +20,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 
-from nnmf_tf.init import default_scale, initial_factors
+from nnmf_tf.init import initial_factors
 from nnmf_tf.params import SolverParams
+from nnmf_tf.solver import initial_scale
 from pipeline.timing import timed
 from pipeline.warm_start import warm_factors
 from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, row_keys
 
 STATS = "stats"
 SIDE_SALT = {"user": 0, "item": 1}
-
-
-def initial_scale(params: SolverParams, global_mean: float) -> float:
-    """Scale of the initial factors, as :func:`nnmf_tf.solver.initial_model` chooses it."""
-    if params.init_scale is not None:
-        return params.init_scale
-    return default_scale(1.0 if params.bias else global_mean, params.rank)
 
 
 def initial_block(
