@@ -1,7 +1,8 @@
 """Scaling benchmark: the whole Beam job at 1M, 5M and 20M ratings next to Spark ALS.
 
-    python benchmarks/scale.py [--sizes 1m,5m,20m] [--skip-spark] [--workdir DIR]
-                               [--blocks 4] [--mode in_memory|multi_processing] [--workers N]
+    python benchmarks/scale.py [--sizes 1m,5m,20m] [--skip-spark] [--skip-kernel] [--workdir DIR]
+                               [--blocks 8] [--mode in_memory|multi_processing] [--workers N]
+                               [--intra-op-threads N] [--source OTHER_CHECKOUT]
 
 For each size, ratings come from the project's generator (:mod:`pipeline.generate`: planted
 non-negative rank-10 model, Zipf item popularity, log-normal user activity) as sharded Parquet,
@@ -27,9 +28,23 @@ fit s, Spark peak RSS GB, ratio = our wall / Spark fit), then the per-stage brea
 GFLOP/s lines. Requires the ``bench`` extra (``pip install pyspark psutil``) unless
 ``--skip-spark`` (psutil is always needed).
 
-Runner choice: ``--mode in_memory`` (default) runs the FnApiRunner in this one process tree
-with one worker thread; ``multi_processing`` starts ``--workers`` fresh interpreters (default
-2), each importing TensorFlow (~0.45 GB each) with one intra-op thread.
+Kernel FLOPs use the largest inner-step count of each block for all its rows (the kernel
+steps every row of a chunk until the chunk is done), so they are an upper bound on the
+useful work; a second pass capped at one inner step splits the time into Grams and steps.
+
+Runner choice, measured at 5M on this 2-core machine (2026-11, rank 20, 10 iterations):
+``--mode in_memory`` (default: the FnApiRunner in one process, one worker, TensorFlow's
+default two intra-op threads) 72 s, 3.1 GB peak with 8×8 blocks; ``multi_processing`` with 2
+workers × 1 intra-op thread 72 s but 7.8 GB (each worker imports TensorFlow and holds its own
+copies of the blocks), with TensorFlow's default threads 125 s and 8.2 GB. Blocks (in memory):
+1×1 83 s / 6.5 GB, 2×2 78 s / 4.6 GB, 4×4 72 s / 3.7 GB, 8×8 70–73 s / 3.1 GB, 16×16 73 s /
+2.8 GB: the wall time is flat from 4×4 on and the peak falls with the block size (it is set
+while one block's ratings are being grouped, deduplicated and indexed), hence 8 by default.
+
+Wall times move with whatever else runs on the machine: each measured run prints the 1-minute
+load average before and after it, and the CPU seconds of the pipeline's process tree are
+printed next to its wall time. ``--source`` runs the pipeline from another checkout of the code
+(same data, same flags): before/after comparisons.
 """
 
 from __future__ import annotations
@@ -452,11 +467,11 @@ def print_report(rows: list[dict], args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1m,5m", help="comma-separated, from " + ",".join(SIZES))
+    parser.add_argument("--sizes", default="1m,5m,20m", help="comma-separated, from " + ",".join(SIZES) + " (default: all)")
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--skip-kernel", action="store_true", help="skip the in-process kernel GFLOP/s measurement")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--blocks", type=int, default=4, help="user blocks = item blocks (default: %(default)s)")
+    parser.add_argument("--blocks", type=int, default=8, help="user blocks = item blocks (default: %(default)s)")
     parser.add_argument("--mode", default="in_memory", choices=["in_memory", "multi_processing"])
     parser.add_argument("--workers", type=int, default=None, help="direct_num_workers (default: 1, or 2 multi-processing)")
     parser.add_argument("--intra-op-threads", type=int, default=None,

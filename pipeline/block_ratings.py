@@ -80,6 +80,8 @@ def _read_order(table: pa.Table) -> np.ndarray | None:
     rank = np.empty(len(names), np.int64)
     rank[np.argsort(names, kind="stable")] = np.arange(len(names))
     stride = np.int64(int(rows.max()) + 1 if len(rows) else 1)
+    if int(stride) * max(len(names), 1) >= 2**62:  # the combined key would overflow int64
+        return None
     return np.argsort(rank[encoded.indices.to_numpy()] * stride + rows, kind="stable")
 
 
