@@ -37,9 +37,14 @@ def check_array(
     return array
 
 
-def check_factors_finite(factors: np.ndarray, *, side: str, iteration: int, block: int | None = None) -> None:
-    """Raise :class:`NNMFFitError` when ``factors`` hold NaN, inf or negative values."""
+def check_factors_finite(
+    factors: np.ndarray, *, side: str, iteration: int, block: int | None = None, bias: np.ndarray | None = None
+) -> None:
+    """Raise :class:`NNMFFitError` when ``factors`` hold NaN, inf or negative values, or ``bias``
+    (when given) NaN or inf."""
     where = f"the {side} half-step of iteration {iteration}" + ("" if block is None else f" (block {block})")
+    if bias is not None and not np.all(np.isfinite(bias)):
+        raise NNMFFitError(f"non-finite {side} bias after {where}")
     if not np.all(np.isfinite(factors)):
         bad = int(np.size(factors) - np.count_nonzero(np.isfinite(factors)))
         raise NNMFFitError(

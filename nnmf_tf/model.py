@@ -114,7 +114,7 @@ def objective(ratings: Ratings, factors: Factors, params: SolverParams) -> float
 def _weights(counts: np.ndarray, exponent: float) -> np.ndarray:
     """Penalty weight ``n^exponent`` per row, 0 for rows without entries."""
     counts = counts.astype(np.float64)
-    return np.where(counts > 0, np.power(counts, exponent, where=counts > 0, out=np.zeros_like(counts)), 0.0)
+    return np.power(counts, exponent, where=counts > 0, out=np.zeros_like(counts))
 
 
 def _sq_dist(values: np.ndarray, center: float) -> np.ndarray:

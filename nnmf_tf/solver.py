@@ -79,9 +79,9 @@ def _blocked_half_step(
             global_mean=global_mean,
             strategy=strategy,
         )
-        check_factors_finite(result.factors, side=side, iteration=iteration, block=block if blocks > 1 else None)
-        if result.bias is not None and not np.all(np.isfinite(result.bias)):
-            check_factors_finite(result.bias, side=f"{side} bias", iteration=iteration, block=block)
+        check_factors_finite(
+            result.factors, side=side, iteration=iteration, block=block if blocks > 1 else None, bias=result.bias
+        )
         factors.append(result.factors)
         biases.append(result.bias)
         totals += (result.objective, result.penalty, result.pg_norm_sq)

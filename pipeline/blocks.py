@@ -165,8 +165,8 @@ def offsets(sizes: Mapping[int, int]) -> dict[int, int]:
     return result
 
 
-def concat_ids(vocab: Mapping[int, np.ndarray]) -> np.ndarray:
-    """All ids in global order (blocks ascending)."""
+def concat_blocks(vocab: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Per-block arrays (ids, counts) concatenated in global order (blocks ascending)."""
     parts = [vocab[b] for b in sorted(vocab)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 

@@ -70,7 +70,7 @@ class HalfStepFn(beam.DoFn):
         return timed("factorize", self._process(block, other, previous, global_mean))
 
     def _process(self, block: RatingsBlock, other: dict, previous: dict, global_mean: float):
-        from nnmf_tf.errors import NNMFFitError, check_factors_finite
+        from nnmf_tf.errors import check_factors_finite
         from nnmf_tf.halfstep import half_step
 
         started = time.perf_counter()
@@ -87,12 +87,9 @@ class HalfStepFn(beam.DoFn):
             global_mean=global_mean if params.bias else 0.0,
             strategy=self._strategy,
         )
-        check_factors_finite(result.factors, side=self._side, iteration=self._iteration, block=block.block)
-        if result.bias is not None and not np.all(np.isfinite(result.bias)):
-            raise NNMFFitError(
-                f"non-finite {self._side} bias after the {self._side} half-step of iteration "
-                f"{self._iteration} (block {block.block})"
-            )
+        check_factors_finite(
+            result.factors, side=self._side, iteration=self._iteration, block=block.block, bias=result.bias
+        )
         yield block.block, FactorBlock(result.factors, result.bias)
         yield pvalue.TaggedOutput(
             STATS,

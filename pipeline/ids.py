@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from nnmf_tf.init import splitmix64, uniform_from_hash
+from nnmf_tf.init import splitmix64
 
 
 def _as_numpy(values: np.ndarray | pa.Array | pa.ChunkedArray | pd.Series) -> np.ndarray:
@@ -44,8 +44,3 @@ def stable_hash(values: np.ndarray | pa.Array | pa.ChunkedArray | pd.Series, sal
 def block_of(values: np.ndarray | pa.Array | pa.ChunkedArray | pd.Series, n_blocks: int, salt: int = 0) -> np.ndarray:
     """Block number in ``[0, n_blocks)`` of each id: its stable hash modulo ``n_blocks``."""
     return (stable_hash(values, salt) % np.uint64(n_blocks)).astype(np.int32)
-
-
-def unit_interval(hashes: np.ndarray) -> np.ndarray:
-    """Map uint64 hashes to floats uniform in ``[0, 1)`` (53-bit resolution)."""
-    return uniform_from_hash(hashes)

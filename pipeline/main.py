@@ -29,7 +29,7 @@ from pipeline.block_ratings import BlockRatings, rows_per_source
 from pipeline.config import RunConfig, to_dict
 from pipeline.factorize import Factorize, training_loss
 from pipeline.report import write_report
-from pipeline.read import ReadRatings, ReadSettings, match_input_files
+from pipeline.read import ReadRatings, ReadSettings
 from pipeline.recommend import EVALUATION, RecommendAndEvaluate, summarize_evaluation
 from pipeline.timing import stage_seconds
 from pipeline.warm_start import ReadPreviousFactors, check_previous_run
@@ -193,12 +193,11 @@ def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
     import pyarrow
     import tensorflow
 
-    counts = {name: output.count_rows(folder, name) for name in tables.TABLES}
-    inputs = []
-    for path in match_input_files(config.input.path):
-        from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import FileSystems
 
-        inputs.append({"path": path, "bytes": FileSystems.match([path])[0].metadata_list[0].size_in_bytes})
+    counts = {name: output.count_rows(folder, name) for name in tables.TABLES}
+    matched = FileSystems.match([config.input.path])[0].metadata_list
+    inputs = [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(matched, key=lambda m: m.path)]
     return {
         "row_counts": counts,
         "config": to_dict(config),

@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam import pvalue
 
 from pipeline.timing import timed
-from pipeline.blocks import RatingsBlock, concat_factors, concat_ids
+from pipeline.blocks import RatingsBlock, concat_factors, concat_blocks
 
 EVALUATION = "evaluation"
 #: Score tile of top_n: users × items at a time (64 MB of float32 scores, like top_n's default
@@ -72,8 +72,8 @@ class RecommendAndEvaluateFn(beam.DoFn):
         if cached is not None and cached[0] is item_factors and cached[1] is item_vocab and cached[2] is item_count_blocks:
             return cached[3]
         items_side = concat_factors(item_factors, self._params.rank)
-        item_ids = concat_ids(item_vocab)
-        item_counts = concat_ids(item_count_blocks).astype(np.float32)
+        item_ids = concat_blocks(item_vocab)
+        item_counts = concat_blocks(item_count_blocks).astype(np.float32)
         # Most-rated first, ties by ascending global index: the order top_n gives these scores.
         popularity_order = np.argsort(-item_counts, kind="stable")
         derived = (items_side, item_ids, popularity_order)

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import schemas
-from pipeline.ids import stable_hash, unit_interval
+from nnmf_tf.init import uniform_from_hash
+from pipeline.ids import stable_hash
 
 _SPLIT_SALT = 0x73706C6974  # "split": keeps these hashes independent of other seeded hashes.
 _MASK64 = (1 << 64) - 1
@@ -58,5 +59,5 @@ def split_holdout(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"held-out fraction must be in [0, 1); got {fraction!r}")
-    held_out = unit_interval(pair_hash(table.column(schemas.USER_ID), table.column(schemas.ITEM_ID), seed)) < fraction
+    held_out = uniform_from_hash(pair_hash(table.column(schemas.USER_ID), table.column(schemas.ITEM_ID), seed)) < fraction
     return table.filter(pa.array(~held_out)), table.filter(pa.array(held_out))

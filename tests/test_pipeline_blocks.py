@@ -43,10 +43,10 @@ def test_global_index_with_string_ids():
     np.testing.assert_array_equal(blocks.global_index(ids, vocab, np.array([1, 0, 1, 0])), [3, 0, -1, 1])
 
 
-def test_offsets_and_concat_ids_follow_ascending_blocks():
+def test_offsets_and_concat_blocks_follow_ascending_blocks():
     assert blocks.offsets({3: 2, 0: 4, 1: 0}) == {0: 0, 1: 4, 3: 4}
     vocab = {1: np.array([8, 9]), 0: np.array([1, 5])}
-    np.testing.assert_array_equal(blocks.concat_ids(vocab), [1, 5, 8, 9])
+    np.testing.assert_array_equal(blocks.concat_blocks(vocab), [1, 5, 8, 9])
 
 
 # ----------------------------------------------------------------------------- concat_factors
@@ -155,7 +155,7 @@ def _triples(block: blocks.RatingsBlock, other_ids: np.ndarray, user_side: bool)
 
 
 def test_user_blocks_reproduce_the_ratings(blocked):
-    item_ids = blocks.concat_ids(blocked["item_vocab"])
+    item_ids = blocks.concat_blocks(blocked["item_vocab"])
     n_items = len(item_ids)
     triples = []
     for b, block in blocked["user_blocks"].items():
@@ -169,7 +169,7 @@ def test_user_blocks_reproduce_the_ratings(blocked):
 
 def test_item_blocks_reproduce_the_ratings(blocked):
     user_vocab = {b: block.ids for b, block in blocked["user_blocks"].items()}
-    user_ids = blocks.concat_ids(user_vocab)
+    user_ids = blocks.concat_blocks(user_vocab)
     triples = []
     for b, block in blocked["item_blocks"].items():
         assert block.side == "item" and block.block == b
@@ -198,7 +198,7 @@ def test_item_blocks_are_the_transpose_of_the_user_blocks(blocked):
 
 
 def test_heldout_rows_of_unknown_users_and_items_are_minus_one(blocked):
-    item_ids = blocks.concat_ids(blocked["item_vocab"])
+    item_ids = blocks.concat_blocks(blocked["item_vocab"])
     unknown_user, unknown_item = blocked["unknown"]
     seen = []
     for block in blocked["user_blocks"].values():

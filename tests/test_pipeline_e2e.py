@@ -358,7 +358,7 @@ def test_every_table_reads_back_in_pandas_pyarrow_and_duckdb(name, request):
     folder = os.path.join(run_.out, "user_factors")
     relation = duckdb.sql(f"select user_id, factors, factors[1] as f1 from '{folder}/*.parquet'")
     assert [str(t) for t in relation.types[:2]] in (["BIGINT", "FLOAT[]"], ["BIGINT", f"FLOAT[{RANK}]"])
-    lengths = duckdb.sql(f"select min(len(factors)), max(len(factors)), min(f1) from relation").fetchall()
+    lengths = duckdb.sql("select min(len(factors)), max(len(factors)), min(f1) from relation").fetchall()
     assert lengths[0][:2] == (RANK, RANK) and lengths[0][2] >= 0.0
 
 
