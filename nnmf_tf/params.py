@@ -78,8 +78,11 @@ class SolverParams:
     """Outer iterations (one user half-step plus one item half-step each)."""
     tol: float = 0.0
     """Stop when the objective's relative decrease over one iteration falls below this (0: never)."""
-    inner_max_iter: int = 50
-    """Accelerated projected-gradient steps per half-step subproblem, at most."""
+    inner_max_iter: int = 20
+    """Accelerated projected-gradient steps per half-step subproblem, at most. Each outer
+    iteration warm-starts from the last, so exact subproblem solves buy little: 20 steps
+    reach the same 10-iteration objective as 50 within 1e-5 (relative) on 5M generated
+    ratings, and the same MovieLens 100K validation RMSE as 300."""
     inner_tol: float = 1e-3
     """Stop a half-step's inner loop when every row's projected-gradient norm fell below this
     fraction of its value at the start of the half-step."""

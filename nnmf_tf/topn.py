@@ -74,6 +74,16 @@ def _merge_item_block(users, items, item_bias, first_item, excluded, best_scores
     return top.values, tf.gather(all_items, top.indices, batch_dims=1)
 
 
+def _item_blocks(n_items: int, size: int) -> list[tuple[int, int]]:
+    """Item ranges of at most ``size`` items whose widths are multiples of ``_GROUP`` except
+    for one last range of fewer than ``_GROUP`` items: only that small range needs padding
+    to whole groups (padding a wide score tile would copy it)."""
+    size = max(_GROUP, size - size % _GROUP)
+    edges = list(range(0, n_items - n_items % _GROUP, size)) + [n_items - n_items % _GROUP, n_items]
+    edges = sorted(set(min(edge, n_items) for edge in edges))
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def top_n(
     factors: Factors,
     n: int,
@@ -93,7 +103,8 @@ def top_n(
     exclude : SparseRatings of shape (n_users, n_items), optional
         Pairs never recommended (typically the training ratings: already-rated items).
     user_block_size, item_block_size : int
-        Scores are computed ``user_block_size × item_block_size`` at a time.
+        Scores are computed ``user_block_size × item_block_size`` at a time (the item block
+        rounded down to whole groups of 64 items, at least one group).
 
     Returns
     -------
@@ -125,8 +136,7 @@ def top_n(
             ex_rows, ex_cols = exclude.rows[lo:hi].astype(np.int64) - u0, exclude.cols[lo:hi].astype(np.int64)
         best_scores = tf.zeros((u1 - u0, 0), tf.float32)
         best_items = tf.zeros((u1 - u0, 0), tf.int64)
-        for i0 in range(0, n_items, item_block_size):
-            i1 = min(i0 + item_block_size, n_items)
+        for i0, i1 in _item_blocks(n_items, item_block_size):
             if exclude is not None:
                 inside = (ex_cols >= i0) & (ex_cols < i1)
                 excluded = np.stack([ex_rows[inside], ex_cols[inside] - i0], axis=1)

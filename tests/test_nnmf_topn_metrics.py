@@ -16,7 +16,7 @@ import pytest
 from nnmf_tf.data import SparseRatings
 from nnmf_tf.metrics import mae, ranking_metrics, rmse
 from nnmf_tf.model import Factors
-from nnmf_tf.topn import top_n
+from nnmf_tf.topn import _GROUP, _item_blocks, top_n
 
 
 def dyadic(rng: np.random.Generator, shape: tuple[int, ...], high: int = 8) -> np.ndarray:
@@ -57,9 +57,9 @@ def reference_top_n(factors: Factors, n: int, excluded: np.ndarray | None) -> tu
 
 def top_n_cases() -> Iterator[tuple[int, int, int, int, int, bool, bool]]:
     """The grid: (n_users, n_items, n, user_block_size, item_block_size, exclude, biased)."""
-    sizes = [(1, 1), (7, 5), (13, 11)]
+    sizes = [(1, 1), (7, 5), (13, 11), (9, 150)]
     ns = [1, 3, 30]
-    blocks = [(1, 4), (3, 2), (2048, 8192)]
+    blocks = [(1, 64), (3, 100), (2048, 8192)]
     for (n_users, n_items), n, (user_block, item_block), exclude, biased in itertools.product(
         sizes, ns, blocks, [False, True], [False, True]
     ):
@@ -90,8 +90,24 @@ def test_top_n_matches_numpy_reference(rng, n_users, n_items, n, user_block, ite
 def test_grid_spans_padding_blocks_and_exclusions():
     cases = list(top_n_cases())
     assert any(n > n_items for _, n_items, n, *_ in cases)
-    assert any(u_block < n_users and i_block < n_items for n_users, n_items, _, u_block, i_block, *_ in cases)
+    assert any(
+        u_block < n_users and len(_item_blocks(n_items, i_block)) > 2 for n_users, n_items, _, u_block, i_block, *_ in cases
+    )
     assert {exclude for *_, exclude, _ in cases} == {False, True}
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 63, 64, 65, 150, 20000])
+@pytest.mark.parametrize("size", [1, 64, 100, 8192])
+def test_item_blocks_cover_the_catalogue_in_whole_groups(n_items, size):
+    """Consecutive ranges covering every item once; every range but a last one narrower than a
+    group is a whole number of groups (so only that one is padded), none wider than needed."""
+    blocks = _item_blocks(n_items, size)
+    edges = [0] + [i1 for _, i1 in blocks]
+    assert [i0 for i0, _ in blocks] == edges[:-1] and edges[-1] == n_items
+    widths = [i1 - i0 for i0, i1 in blocks]
+    assert all(0 < w <= max(size, _GROUP) for w in widths)
+    assert all(w % _GROUP == 0 for w in widths[:-1])
+    assert not widths or widths[-1] % _GROUP == 0 or widths[-1] < _GROUP
 
 
 def test_ties_are_broken_by_ascending_item_index():
