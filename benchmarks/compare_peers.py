@@ -51,7 +51,14 @@ CLIP = (1.0, 5.0)
 SYNTHETIC = {"n_users": 20_000, "n_items": 4_000, "n_ratings": 1_000_000, "seed": 1}
 SPARK_NONNEG = "Spark ALS non-negative"
 
-OUR_REG_GRID = (0.05, 0.08, 0.1, 0.12, 0.15)
+#: Rating models: count exponent 0.5 on the factor penalty, count-free bias penalty, and
+#: factors shrunk toward a positive centre, as tuned by ``benchmarks/ml100k.py``; searched:
+#: ``reg`` × the prediction at the prior, ``rank · factor_center²``.
+SHRINKAGE = {"reg_exponent": 0.5, "bias_reg": 3.0, "bias_reg_exponent": 0.0}
+OUR_REG_GRID = (1.0, 1.2, 1.4)
+PRIOR_GRID = {False: (1.0, 2.0), True: (0.5, 1.0)}
+QUICK_PRIOR_GRID = {False: (2.0,), True: (1.0,)}
+QUICK_OUR_REG_GRID = (1.2,)
 RANKING_REG_GRID = (0.05, 0.15)
 UNOBSERVED_GRID = (0.01, 0.03, 0.1, 0.3)
 SPARK_REG_GRID = (0.03, 0.05, 0.1, 0.2)
@@ -446,12 +453,19 @@ def benchmark(peer: Peer, dataset: Dataset, repeats: int) -> Row:
 def our_peers(rank: int, iterations: int, quick: bool) -> list[OursPeer]:
     """nnmf_tf with the rating objective (unbiased, biased) and with the ranking objective."""
     base = SolverParams(rank=rank, max_iter=iterations)
-    regs = QUICK_REG_GRID if quick else OUR_REG_GRID
+    regs = QUICK_OUR_REG_GRID if quick else OUR_REG_GRID
+    priors = QUICK_PRIOR_GRID if quick else PRIOR_GRID
     ranking_regs = QUICK_REG_GRID if quick else RANKING_REG_GRID
     weights = QUICK_UNOBSERVED_GRID if quick else UNOBSERVED_GRID
+
+    def rating_grid(bias: bool) -> list[dict[str, float]]:
+        centers = [round(float(np.sqrt(prior / rank)), 4) for prior in priors[bias]]
+        return [{"reg": r, "factor_center": c} for r in regs for c in centers]
+
+    rating = base.replace(**SHRINKAGE)
     return [
-        OursPeer("nnmf_tf rating", base, [{"reg": r} for r in regs]),
-        OursPeer("nnmf_tf rating biased", base.replace(bias=True), [{"reg": r} for r in regs]),
+        OursPeer("nnmf_tf rating", rating, rating_grid(False)),
+        OursPeer("nnmf_tf rating biased", rating.replace(bias=True), rating_grid(True)),
         OursPeer(
             "nnmf_tf ranking",
             base.replace(objective="ranking"),
