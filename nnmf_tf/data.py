@@ -60,12 +60,16 @@ class SparseRatings:
                     raise ValueError(f"{label} index out of range [0, {bound}); found values in [{low}, {high}]")
             if not np.all(np.isfinite(values)):
                 raise ValueError("values must be finite; found NaN or inf")
-        order = np.lexsort((cols, rows))
-        rows, cols, values = rows[order], cols[order], values[order]
-        if nnz > 1:
-            same = (rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1])
-            if same.any():
-                at = int(np.flatnonzero(same)[0])
+        # One int64 key per entry (row-major position); entries already in order (blocks cut
+        # from a sorted matrix, most callers) skip the sort.
+        key = rows.astype(np.int64) * max(n_cols, 1) + cols.astype(np.int64)
+        step = np.diff(key)
+        if not np.all(step > 0):
+            order = np.argsort(key, kind="stable")
+            rows, cols, values = rows[order], cols[order], values[order]
+            step = np.diff(key[order])
+            if not np.all(step > 0):
+                at = int(np.flatnonzero(step == 0)[0])
                 raise ValueError(f"duplicate entry at (row {rows[at]}, col {cols[at]}); deduplicate first")
         object.__setattr__(self, "rows", rows.astype(np.int32))
         object.__setattr__(self, "cols", cols.astype(np.int32))
