@@ -43,7 +43,8 @@ def _merge_item_block(users, items, item_bias, first_item, excluded, best_scores
 
     Only the block's own top-``n`` joins the running best, found without a full ``top_k``
     over the block: the block's columns are cut into groups of ``_GROUP`` and only the ``n``
-    groups with the largest maxima (ties: lower group) are searched. That is exact: a group
+    groups with the largest maxima over their non-excluded entries (ties: lower group) are
+    searched. That is exact: a group
     left out has ``n`` selected groups ranked above it, and the first maximum of each of them
     ranks above every entry of the left-out group (a higher score, or the same score at a
     lower index), so none of its entries is in the top ``n``.
@@ -51,9 +52,6 @@ def _merge_item_block(users, items, item_bias, first_item, excluded, best_scores
     scores = tf.matmul(users, items, transpose_b=True)
     # An empty item_bias means none (unbiased model): skip a full pass over the scores.
     scores = tf.cond(tf.size(item_bias) > 0, lambda: scores + item_bias[None, :], lambda: scores)
-    scores = tf.tensor_scatter_nd_update(
-        scores, excluded, tf.fill(tf.shape(excluded)[:1], tf.constant(-np.inf, tf.float32))
-    )
     n_users, width = tf.shape(scores)[0], tf.shape(scores)[1]
     k = tf.minimum(n, width)
     pad = -width % _GROUP
@@ -64,9 +62,33 @@ def _merge_item_block(users, items, item_bias, first_item, excluded, best_scores
     )
     groups = tf.reshape(padded, [n_users, -1, _GROUP])
     n_groups = tf.shape(groups)[1]
-    chosen = tf.math.top_k(tf.reduce_max(groups, axis=2), k=tf.minimum(k, n_groups), sorted=True).indices
+    # Excluded pairs never touch the (large) score tile: only the maxima of the few groups
+    # holding one are recomputed without them, and only the chosen groups' entries are masked.
+    ex_rows, ex_cols = excluded[:, 0], excluded[:, 1]
+    ex_groups, ex_offsets = ex_cols // _GROUP, ex_cols % _GROUP
+    dirty, pair_of = tf.unique(ex_rows * tf.cast(n_groups, tf.int64) + ex_groups)
+    dirty_pairs = tf.stack([dirty // tf.cast(n_groups, tf.int64), dirty % tf.cast(n_groups, tf.int64)], axis=1)
+    hidden = tf.scatter_nd(
+        tf.stack([tf.cast(pair_of, tf.int64), ex_offsets], axis=1),
+        tf.ones_like(ex_rows, tf.int32),
+        tf.stack([tf.size(dirty, out_type=tf.int64), tf.constant(_GROUP, tf.int64)]),
+    ) > 0
+    dirty_max = tf.reduce_max(tf.where(hidden, -np.inf, tf.gather_nd(groups, dirty_pairs)), axis=1)
+    maxima = tf.tensor_scatter_nd_update(tf.reduce_max(groups, axis=2), dirty_pairs, dirty_max)
+    chosen = tf.math.top_k(maxima, k=tf.minimum(k, n_groups), sorted=True).indices
     chosen = tf.sort(chosen, axis=1)  # ascending groups: candidates in ascending item order
-    candidates = tf.reshape(tf.gather(groups, chosen, batch_dims=1), [n_users, -1])
+    candidates = tf.gather(groups, chosen, batch_dims=1)
+    # An excluded pair inside a chosen group: mask it among the candidates.
+    match = tf.equal(tf.cast(tf.gather(chosen, ex_rows), tf.int64), ex_groups[:, None])
+    inside = tf.reduce_any(match, axis=1)
+    slots = tf.stack(
+        [ex_rows, tf.argmax(tf.cast(match, tf.int32), axis=1, output_type=tf.int64), ex_offsets], axis=1
+    )
+    slots = tf.boolean_mask(slots, inside)
+    candidates = tf.tensor_scatter_nd_update(
+        candidates, slots, tf.fill(tf.shape(slots)[:1], tf.constant(-np.inf, tf.float32))
+    )
+    candidates = tf.reshape(candidates, [n_users, -1])
     columns = tf.reshape(chosen[:, :, None] * _GROUP + tf.range(_GROUP)[None, None, :], [n_users, -1])
     block_top = tf.math.top_k(candidates, k=k, sorted=True)
     block_items = first_item + tf.cast(tf.gather(columns, block_top.indices, batch_dims=1), tf.int64)

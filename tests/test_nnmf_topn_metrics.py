@@ -87,6 +87,23 @@ def test_top_n_matches_numpy_reference(rng, n_users, n_items, n, user_block, ite
     np.testing.assert_array_equal(again[1], scores)
 
 
+@pytest.mark.parametrize("biased", [False, True], ids=["plain", "biased"])
+def test_exclusions_that_hold_the_group_maxima(rng, biased):
+    """Each user's best items excluded, so the groups that hold them must be ranked by their
+    best remaining entry: 30 users × 700 items (11 groups, the last padded), n = 3."""
+    factors = make_factors(rng, 30, 700, biased)
+    scores = factors.user_factors @ factors.item_factors.T + (factors.item_bias[None, :] if biased else 0.0)
+    excluded = rng.random(scores.shape) < 0.2
+    np.put_along_axis(excluded, np.argsort(-scores, axis=1, kind="stable")[:, :8], True, axis=1)
+    exclusion_ratings = SparseRatings.from_dense(np.ones(scores.shape), excluded)
+    expected_items, expected_scores = reference_top_n(factors, 3, excluded)
+
+    items, got_scores = top_n(factors, 3, exclude=exclusion_ratings, user_block_size=7)
+
+    np.testing.assert_array_equal(items, expected_items)
+    np.testing.assert_array_equal(got_scores, expected_scores.astype(np.float32))
+
+
 def test_grid_spans_padding_blocks_and_exclusions():
     cases = list(top_n_cases())
     assert any(n > n_items for _, n_items, n, *_ in cases)
