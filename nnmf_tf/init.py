@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnmf_tf.params import SolverParams
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -59,3 +61,11 @@ def initial_factors(keys: np.ndarray, rank: int, seed: int, scale: float, salt: 
     with np.errstate(over="ignore"):
         cells = splitmix64(row[:, None] + np.arange(1, rank + 1, dtype=np.uint64)[None, :] * _GOLDEN)
     return (scale * uniform_from_hash(cells)).astype(np.float32)
+
+
+def initial_scale(params: SolverParams, global_mean: float) -> float:
+    """Scale of the initial factors: ``params.init_scale``, else the scale that makes initial
+    predictions average the mean rating (unbiased) or 1 (the interaction of a biased model)."""
+    if params.init_scale is not None:
+        return params.init_scale
+    return default_scale(1.0 if params.bias else global_mean, params.rank)

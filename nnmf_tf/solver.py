@@ -13,7 +13,7 @@ import tensorflow as tf
 from nnmf_tf.data import Ratings
 from nnmf_tf.errors import ConvergenceWarning, check_factors_finite
 from nnmf_tf.halfstep import HalfStepResult, half_step
-from nnmf_tf.init import default_scale, initial_factors
+from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.model import Factors, objective
 from nnmf_tf.params import SolverParams, check_int
 
@@ -87,14 +87,6 @@ def _blocked_half_step(
         totals += (result.objective, result.penalty, result.pg_norm_sq)
     bias = np.concatenate(biases) if params.bias else None
     return np.concatenate(factors), bias, *totals
-
-
-def initial_scale(params: SolverParams, global_mean: float) -> float:
-    """Scale of the initial factors: ``params.init_scale``, else the scale that makes initial
-    predictions average the mean rating (unbiased) or 1 (the interaction of a biased model)."""
-    if params.init_scale is not None:
-        return params.init_scale
-    return default_scale(1.0 if params.bias else global_mean, params.rank)
 
 
 def initial_model(ratings: Ratings, params: SolverParams, row_keys=None, col_keys=None) -> Factors:

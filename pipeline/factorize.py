@@ -20,9 +20,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 
-from nnmf_tf.init import initial_factors
+from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.params import SolverParams
-from nnmf_tf.solver import initial_scale
 from pipeline.timing import timed
 from pipeline.warm_start import warm_factors
 from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, row_keys
