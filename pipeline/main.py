@@ -188,10 +188,25 @@ def _runner(options: PipelineOptions):
     return None
 
 
+def _tensorflow_version() -> str | None:
+    """The installed TensorFlow's version, without importing it where no stage ran here
+    (a remote runner's launcher): the module's when loaded, else the distribution's."""
+    import sys
+    from importlib import metadata
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"].__version__
+    for distribution in ("tensorflow", "tensorflow-cpu"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
     import numpy
     import pyarrow
-    import tensorflow
 
     from apache_beam.io.filesystems import FileSystems
 
@@ -206,7 +221,7 @@ def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
         "versions": {
             "python": platform.python_version(),
             "apache_beam": beam.__version__,
-            "tensorflow": tensorflow.__version__,
+            "tensorflow": _tensorflow_version(),
             "numpy": numpy.__version__,
             "pyarrow": pyarrow.__version__,
         },
