@@ -32,14 +32,15 @@ Kernel FLOPs use the largest inner-step count of each block for all its rows (th
 steps every row of a chunk until the chunk is done), so they are an upper bound on the
 useful work; a second pass capped at one inner step splits the time into Grams and steps.
 
-Runner choice, measured at 5M on this 2-core machine (2026-11, rank 20, 10 iterations):
-``--mode in_memory`` (default: the FnApiRunner in one process, one worker, TensorFlow's
-default two intra-op threads) 72 s, 3.1 GB peak with 8×8 blocks; ``multi_processing`` with 2
-workers × 1 intra-op thread 72 s but 7.8 GB (each worker imports TensorFlow and holds its own
-copies of the blocks), with TensorFlow's default threads 125 s and 8.2 GB. Blocks (in memory):
-1×1 83 s / 6.5 GB, 2×2 78 s / 4.6 GB, 4×4 72 s / 3.7 GB, 8×8 70–73 s / 3.1 GB, 16×16 73 s /
-2.8 GB: the wall time is flat from 4×4 on and the peak falls with the block size (it is set
-while one block's ratings are being grouped, deduplicated and indexed), hence 8 by default.
+Runner choice, measured at 5M on this 2-core machine (2026-11, rank 20, 10 iterations),
+before the compiled solver: ``--mode in_memory`` (default: the FnApiRunner in one process, one
+worker, TensorFlow's default two intra-op threads) 72 s, 3.1 GB peak with 8×8 blocks;
+``multi_processing`` with 2 workers × 1 intra-op thread 72 s but 7.8 GB (each worker imports
+TensorFlow and holds its own copies of the blocks), with TensorFlow's default threads 125 s and
+8.2 GB. Blocks, in memory, with the current code (λ 0.05): 2×2 45.3 s / 4.5 GB, 4×4 43.4 s /
+3.7 GB, 8×8 42.9 s / 3.2 GB: the wall time is flat from 4×4 on and the peak falls with the
+block size (it is set while one block's ratings are grouped, deduplicated and indexed), hence
+8 by default.
 
 Wall times move with whatever else runs on the machine: each measured run prints the 1-minute
 load average before and after it, and the CPU seconds of the pipeline's process tree are
