@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import sys
 import time
 import typing
+from importlib import metadata
 from typing import Sequence
 
 import apache_beam as beam
@@ -191,9 +193,6 @@ def _runner(options: PipelineOptions):
 def _tensorflow_version() -> str | None:
     """The installed TensorFlow's version, without importing it where no stage ran here
     (a remote runner's launcher): the module's when loaded, else the distribution's."""
-    import sys
-    from importlib import metadata
-
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"].__version__
     for distribution in ("tensorflow", "tensorflow-cpu"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -631,3 +632,15 @@ def test_cli_run_publishes(data, tmp_path):
     config = load_config(LOCAL_CONFIG, [f"input.path={data.glob}", f"output.path={out}"])
     train, _ = data.split(config.split.holdout_fraction, config.split.seed)
     assert len(pd.read_parquet(out / "user_factors")) == train["user_id"].nunique()
+
+
+def test_manifest_tensorflow_version_without_importing_it(monkeypatch):
+    """A launcher that ran no stage has not imported TensorFlow; the manifest still names the
+    installed version, read from the package metadata."""
+    import tensorflow
+
+    from pipeline.main import _tensorflow_version
+
+    assert _tensorflow_version() == tensorflow.__version__
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    assert _tensorflow_version() == tensorflow.__version__
