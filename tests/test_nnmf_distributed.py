@@ -107,12 +107,25 @@ def test_small_chunk_budget_really_makes_many_chunks(monkeypatch, masked_problem
 
 
 @pytest.mark.parametrize(
-    ("n", "expected"), [(0, 64), (1, 64), (64, 64), (65, 128), (1000, 1024), (1024, 1024), (5000, 1024)]
+    ("n", "expected"), [(0, 64), (1, 64), (64, 64), (65, 128), (1000, 1024), (4096, 4096), (5000, 4096)]
 )
 def test_chunks_are_padded_to_few_sizes(n, expected):
     """Few distinct shapes, so the solver is compiled a handful of times per process."""
-    assert nnmf_tf.halfstep.CHUNK_ROWS == 1024
+    assert nnmf_tf.halfstep.CHUNK_ROWS == 4096
     assert nnmf_tf.halfstep.padded_rows(n) == expected
+
+
+def test_padding_follows_the_largest_chunk(monkeypatch, masked_problem, rng):
+    """Chunks cut short by the byte budget are padded to the power of two above the largest of
+    them, not to CHUNK_ROWS: 300 rows in chunks of at most ~100 rows pad to 128 each."""
+    values, mask = masked_problem((300, 17), 3, 0.5)
+    ratings = SparseRatings.from_dense(values, mask)
+    d = 3
+    per_row = 4 * (1 * (nnmf_tf.halfstep.PIECE * (d + 2) + d * d) + 4 * d * d)
+    monkeypatch.setattr(nnmf_tf.halfstep, "CHUNK_BYTES", 100 * per_row)
+    chunks, row_sets, idle = nnmf_tf.halfstep._sparse_chunks(ratings, ratings.values, rng.uniform(size=(300, d)), d)
+    assert max(map(len, row_sets)) == 100 and len(row_sets) == 3
+    assert {len(chunk[0]) for chunk in chunks} == {len(idle[0])} == {128}
 
 
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
