@@ -117,7 +117,7 @@ def test_chunks_are_padded_to_few_sizes(n, expected):
 
 def test_padding_follows_the_largest_chunk(monkeypatch, masked_problem, rng):
     """Chunks cut short by the byte budget are padded to the power of two above the largest of
-    them, not to CHUNK_ROWS: 300 rows in chunks of at most ~100 rows pad to 128 each."""
+    them, not to CHUNK_ROWS: 300 rows in chunks of at most 100 rows pad to 128 each."""
     values, mask = masked_problem((300, 17), 3, 0.5)
     ratings = SparseRatings.from_dense(values, mask)
     d = 3
