@@ -389,7 +389,7 @@ def kernel_efficiency(data: Path, args) -> dict:
 # Report
 
 
-STAGES = ("read", "validate", "block", "factorize", "recommend")
+STAGES = ("read", "validate", "block", "factorize", "recommend", "write")
 
 
 def print_report(rows: list[dict], args) -> None:
@@ -421,7 +421,7 @@ def print_report(rows: list[dict], args) -> None:
         busy = [m.get(f"seconds_{s}", 0.0) for s in STAGES]
         print(f"{row['size'].label:>5} " + " ".join(f"{b:9.1f}" for b in busy)
               + f" {m.get('seconds_total', float('nan')):9.1f} {ours.wall:7.1f} {ours.wall - sum(busy):7.1f}")
-    print("(other = wall − Σ busy: interpreter start, imports, Beam stages, shuffles, side inputs, writes)")
+    print("(other = wall − Σ busy: interpreter start, imports, Beam stages, shuffles, side inputs)")
     for row in rows:
         m = row["ours"].metrics
         if not m:

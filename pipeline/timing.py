@@ -13,7 +13,6 @@ from typing import Iterable, Iterator, TypeVar
 from apache_beam.metrics import Metrics
 
 NAMESPACE = "stage_msec"
-STAGES = ("read", "validate", "block", "factorize", "recommend")
 
 T = TypeVar("T")
 
