@@ -37,7 +37,9 @@ before the compiled solver: ``--mode in_memory`` (default: the FnApiRunner in on
 worker, TensorFlow's default two intra-op threads) 72 s, 3.1 GB peak with 8×8 blocks;
 ``multi_processing`` with 2 workers × 1 intra-op thread 72 s but 7.8 GB (each worker imports
 TensorFlow and holds its own copies of the blocks), with TensorFlow's default threads 125 s and
-8.2 GB. Blocks, in memory, with the current code (one ``python -m pipeline run`` each, λ 0.05,
+8.2 GB. With the current code, ``--set beam.options.direct_running_mode=multi_threading --set
+beam.options.direct_num_workers=2`` took 47.3 s and 4.8 GB (max RSS) against 39-44 s and ~3.2 GB
+in memory. Blocks, in memory, with the current code (one ``python -m pipeline run`` each, λ 0.05,
 peak RSS from ``/usr/bin/time``): 2×2 45.3 s / 4.5 GB, 4×4 43.4 s / 3.7 GB, 8×8 42.9 s /
 3.2 GB: the wall time is flat from 4×4 on and the peak falls with the
 block size (it is set while one block's ratings are grouped, deduplicated and indexed), hence
