@@ -391,10 +391,9 @@ def kernel_efficiency(data: Path, args) -> dict:
 # Report
 
 
-STAGES = ("read", "validate", "block", "factorize", "recommend", "write")
-
-
 def print_report(rows: list[dict], args) -> None:
+    from pipeline.report import STAGES
+
     print()
     print(f"DirectRunner {args.mode} (workers: {args.workers or (2 if args.mode == 'multi_processing' else 1)}), "
           f"{args.blocks}x{args.blocks} blocks, rank {args.rank}, {args.iterations} iterations, λ={args.reg}")

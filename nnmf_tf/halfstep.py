@@ -321,16 +321,20 @@ def _chunk_bounds(costs: np.ndarray) -> list[np.ndarray]:
     return row_sets
 
 
+def _sparse_row_bytes(counts: np.ndarray, d: int) -> np.ndarray:
+    """Working-set bytes of each row of the sparse kernel, given its entry count: each piece's
+    features, columns, targets and Gram (float32s), the row's Gram and the solver's vectors."""
+    pieces = -(-counts // PIECE)
+    return 4 * (pieces * (PIECE * (d + 2) + d * d) + 4 * d * d)
+
+
 def _sparse_chunks(
     ratings: SparseRatings, targets: np.ndarray, current: np.ndarray, d: int
 ) -> tuple[list[tuple], list[np.ndarray], tuple]:
     """The kernel inputs of each chunk of consecutive rows, each chunk's row indices, and a
     chunk without rows (for idle replicas)."""
     counts = ratings.row_counts()
-    pieces = -(-counts // PIECE)
-    # float32s per row: each piece's features, columns, targets and Gram; the row's Gram,
-    # and the solver's few vectors.
-    row_sets = _chunk_bounds(4 * (pieces * (PIECE * (d + 2) + d * d) + 4 * d * d))
+    row_sets = _chunk_bounds(_sparse_row_bytes(counts, d))
     n = padded_rows(max(map(len, row_sets), default=0))
 
     def chunk(rows: np.ndarray) -> tuple:

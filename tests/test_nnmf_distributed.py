@@ -121,7 +121,7 @@ def test_padding_follows_the_largest_chunk(monkeypatch, masked_problem, rng):
     values, mask = masked_problem((300, 17), 3, 0.5)
     ratings = SparseRatings.from_dense(values, mask)
     d = 3
-    per_row = 4 * (1 * (nnmf_tf.halfstep.PIECE * (d + 2) + d * d) + 4 * d * d)
+    per_row = nnmf_tf.halfstep._sparse_row_bytes(np.array([1]), d)[0]  # every row has 1-17 entries: one piece
     monkeypatch.setattr(nnmf_tf.halfstep, "CHUNK_BYTES", 100 * per_row)
     chunks, row_sets, idle = nnmf_tf.halfstep._sparse_chunks(ratings, ratings.values, rng.uniform(size=(300, d)), d)
     assert max(map(len, row_sets)) == 100 and len(row_sets) == 3

@@ -436,7 +436,6 @@ def test_metrics_table_json_and_manifest(name, request, data):
     # Busy seconds for every stage, the Parquet writes included.
     stages = {name[len("seconds_"):] for name in run_.metrics if name.startswith("seconds_")} - {"total"}
     assert stages == {"read", "validate", "block", "factorize", "recommend", "write"}
-    assert all(run_.metrics[f"seconds_{stage}"] >= 0.0 for stage in stages)
     manifest = json.loads((out / "manifest.json").read_text())
     for table in TABLES:
         assert manifest["row_counts"][table] == pq.read_table(out / table).num_rows, table
