@@ -328,9 +328,10 @@ def shape_ceilings(k: int, rows: int = 4096, steps: int = 20, repeats: int = 10)
     import numpy as np
     import tensorflow as tf
 
+    from nnmf_tf.device import compute_threads
     from nnmf_tf.halfstep import PIECE
 
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
+    threads = compute_threads()
     rng = np.random.default_rng(0)
     gram = tf.constant(rng.random((rows, k, k), dtype=np.float32) / k)
     z0 = tf.constant(rng.random((rows, k), dtype=np.float32))

@@ -8,6 +8,7 @@ Beam may call ``DoFn.setup`` from several threads of one worker.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
@@ -64,6 +65,12 @@ def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
             ) from error
         _configured = settings
         return settings
+
+
+def compute_threads() -> int:
+    """How many independent pieces of work (chunks of rows, blocks of users) to run at once:
+    TensorFlow's intra-op threads, or one per core when TensorFlow picks its own."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
 
 
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:

@@ -42,7 +42,6 @@ Neural Computation 19(10).
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from nnmf_tf.data import MaskedDense, Ratings, SparseRatings
+from nnmf_tf.device import compute_threads
 from nnmf_tf.errors import check_array
 from nnmf_tf.params import SolverParams
 
@@ -374,7 +374,7 @@ def _run_chunks(
     """
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
-        threads = min(len(chunks), tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1)
+        threads = min(len(chunks), compute_threads())
         if threads <= 1:
             return [kernel(*chunk, *shared) for chunk in chunks]
         with ThreadPoolExecutor(threads) as pool:

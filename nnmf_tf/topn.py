@@ -7,13 +7,13 @@ and keeps a running top-N merged with ``tf.math.top_k``, so memory is
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
 
 from nnmf_tf.data import SparseRatings
+from nnmf_tf.device import compute_threads
 from nnmf_tf.model import Factors
 from nnmf_tf.params import check_int
 
@@ -180,7 +180,7 @@ def top_n(
     # User blocks write disjoint rows: two at once keep both cores busy through the
     # single-threaded parts of a block (10-15% faster on 2 cores).
     starts = range(0, n_users, user_block_size)
-    threads = min(len(starts), tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1)
+    threads = min(len(starts), compute_threads())
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         list(pool.map(score_users, starts))
     return items_out, scores_out
