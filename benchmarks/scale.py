@@ -337,11 +337,14 @@ def shape_ceilings(k: int, rows: int = 4096, steps: int = 20, repeats: int = 10)
     z0 = tf.constant(rng.random((rows, k), dtype=np.float32))
     pieces = tf.constant(rng.random((rows, PIECE, k), dtype=np.float32))
 
+    # A compiled while loop, as in the solver: the same 20 steps unrolled in Python compile
+    # to code half as fast (14.5-15.7 against 24.3-29.3 GFLOP/s on 2 cores).
     @tf.function(jit_compile=True)
     def projected_steps(gram, z):
-        for _ in range(steps):
-            z = tf.maximum(z - 0.1 * tf.linalg.matvec(gram, z), 0.0)
-        return z
+        def one_step(i, z):
+            return i + 1, tf.maximum(z - 0.1 * tf.linalg.matvec(gram, z), 0.0)
+
+        return tf.while_loop(lambda i, z: i < steps, one_step, (0, z))[1]
 
     piece_grams = tf.function(lambda p: tf.matmul(p, p, transpose_a=True))
 

