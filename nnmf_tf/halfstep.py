@@ -298,7 +298,7 @@ def _pieces(splits: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_cols: i
     valid = entries < splits[1:][piece_rows][:, None]
     entries = np.where(valid, entries, 0)
     piece_cols = np.where(valid, cols[entries], n_cols).astype(np.int32)
-    piece_targets = np.where(valid, targets[entries], 0.0).astype(np.float32)
+    piece_targets = np.where(valid, targets[entries], 0.0).astype(np.float32, copy=False)
     return piece_rows, piece_cols, piece_targets
 
 
@@ -440,13 +440,13 @@ def half_step(
     """
     n_rows, n_other = ratings.shape
     k = params.rank
-    other = check_array(other, label="other factors", ndim=2, shape=(n_other, k)).astype(np.float32)
-    current = check_array(current, label="current factors", ndim=2, shape=(n_rows, k)).astype(np.float32)
+    other = check_array(other, label="other factors", ndim=2, shape=(n_other, k)).astype(np.float32, copy=False)
+    current = check_array(current, label="current factors", ndim=2, shape=(n_rows, k)).astype(np.float32, copy=False)
     if params.bias:
         if other_bias is None or current_bias is None:
             raise ValueError("other_bias and current_bias are required when params.bias is true")
-        other_bias = check_array(other_bias, label="other bias", ndim=1, shape=(n_other,)).astype(np.float32)
-        current_bias = check_array(current_bias, label="current bias", ndim=1, shape=(n_rows,)).astype(np.float32)
+        other_bias = check_array(other_bias, label="other bias", ndim=1, shape=(n_other,)).astype(np.float32, copy=False)
+        current_bias = check_array(current_bias, label="current bias", ndim=1, shape=(n_rows,)).astype(np.float32, copy=False)
         features = np.hstack([other, np.ones((n_other, 1), np.float32)])
         start = np.hstack([current, current_bias[:, None]])
         reg_diag = [params.reg] * k + [params.effective_bias_reg]
@@ -469,7 +469,7 @@ def half_step(
 
     # A row without entries has a zero loss whatever its value: start it at the neutral zero
     # (already optimal), so it predicts the fallback (global mean plus the other side's bias).
-    start = np.where((ratings.row_counts() == 0)[:, None], np.float32(0.0), start).astype(np.float32)
+    start = np.where((ratings.row_counts() == 0)[:, None], np.float32(0.0), start).astype(np.float32, copy=False)
     if isinstance(ratings, SparseRatings):
         targets = ratings.values
         if params.bias:
