@@ -33,6 +33,12 @@ class DeviceSettings:
     logical_cpu_devices: int = 0
     """Split the CPU into this many logical devices (0 or 1: leave it whole). Lets
     ``MirroredStrategy`` run several replicas without GPUs, as tests do."""
+    xla_cache_dir: str | None = None
+    """Folder where XLA keeps the compiled solver for later processes (``None``: off). A
+    process finding its shapes there skips their compilation (~0.4 s each on 2 cores).
+    Entries go to a subfolder per TensorFlow version, so an upgrade never loads code
+    compiled by another XLA; the code is compiled for this machine's CPU, so the folder must
+    not be shared with machines of another CPU type."""
 
 
 def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
@@ -48,6 +54,11 @@ def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
                 _ignored.add(settings)
                 _log.warning("TensorFlow already configured with %s; ignoring %s", _configured, settings)
             return _configured
+        if settings.xla_cache_dir:
+            # Read with TensorFlow's other XLA flags at its first op.
+            folder = os.path.join(os.path.expanduser(settings.xla_cache_dir), f"tf-{tf.__version__}")
+            flags = os.environ.get("TF_XLA_FLAGS", "")
+            os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={folder}".strip()
         try:
             if settings.intra_op_threads:
                 tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)

@@ -23,7 +23,11 @@ def worker_strategy(compute: "ComputeConfig") -> "tf.distribute.Strategy":
     from nnmf_tf.device import DeviceSettings, configure, make_strategy
 
     configure(
-        DeviceSettings(intra_op_threads=compute.intra_op_threads, logical_cpu_devices=compute.logical_cpu_devices)
+        DeviceSettings(
+            intra_op_threads=compute.intra_op_threads,
+            logical_cpu_devices=compute.logical_cpu_devices,
+            xla_cache_dir=compute.xla_cache_dir,
+        )
     )
     with _lock:
         if compute.strategy not in _strategies:

@@ -250,3 +250,39 @@ def test_configure_after_tensorflow_started_fails_with_the_fix():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert completed.returncode != 0
     assert "call configure() before any TensorFlow op in this process" in completed.stderr
+
+
+def test_xla_cache_dir_keeps_the_compiled_solver_for_the_next_process(tmp_path):
+    """Two fresh processes with the same cache folder: the first writes the compiled solver
+    into its TensorFlow version's subfolder; the second reads it (writes nothing) and computes
+    the same bytes."""
+    code = (
+        "import sys, hashlib\n"
+        "import numpy as np\n"
+        "from nnmf_tf.device import DeviceSettings, configure\n"
+        "configure(DeviceSettings(xla_cache_dir=sys.argv[1]))\n"
+        "from nnmf_tf.data import SparseRatings\n"
+        "from nnmf_tf.halfstep import half_step\n"
+        "from nnmf_tf.params import SolverParams\n"
+        "rng = np.random.default_rng(3)\n"
+        "mask = rng.random((50, 20)) < 0.4\n"
+        "ratings = SparseRatings.from_dense(rng.uniform(1.0, 5.0, mask.shape), mask)\n"
+        "result = half_step(ratings, rng.random((20, 4)), rng.random((50, 4)), SolverParams(rank=4, reg=0.1))\n"
+        "print(hashlib.sha256(result.factors.tobytes()).hexdigest())\n"
+    )
+
+    def run() -> str:
+        completed = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return completed.stdout.strip()
+
+    def written() -> dict:
+        return {entry.name: entry.stat().st_mtime_ns for entry in (tmp_path / f"tf-{tf.__version__}").iterdir()}
+
+    first = run()
+    entries = written()
+    assert entries, "no compiled solver written to the cache folder"
+    assert run() == first
+    assert written() == entries, "the second process compiled again instead of reading the cache"
