@@ -23,10 +23,11 @@ the sum over its pieces — ``nnz · d²`` work plus at most one padded piece pe
 
 Each subproblem is solved by projected gradient with Nesterov acceleration and adaptive
 restart (O'Donoghue & Candès, 2015), step ``1/λ_max(G_u)`` (the Lipschitz constant of the
-gradient), warm-started from the current row. A row stops when its projected-gradient norm
-fell below ``inner_tol`` times its value at the warm start; a finished row is frozen, so a
-row's result depends on its own data only — not on which rows share its chunk, block or
-replica.
+gradient), warm-started from the current row; each step evaluates the gradient once, at the
+extrapolated point. A row stops when its gradient mapping (the projected step it takes,
+divided by the step size) fell below ``inner_tol`` times its projected-gradient norm at the
+warm start; a finished row is frozen, so a row's result depends on its own data only — not
+on which rows share its chunk, block or replica.
 
 The same function updates the other side on the transposed problem (as scikit-learn's
 coordinate-descent NMF does). Rows are processed in chunks that bound memory; chunks are
@@ -155,30 +156,33 @@ def _solve_rows(
         return tf.reduce_sum(pg * pg, axis=1)
 
     z0 = tf.maximum(z0, lower)
-    g0 = gradient(z0)
-    pg0_sq = projected_gradient_sq(z0, g0)
+    pg0_sq = projected_gradient_sq(z0, gradient(z0))
     threshold = tol * tol * pg0_sq
     done0 = pg0_sq <= threshold
+    # A row is done when its step from the extrapolated point, divided by the step size (the
+    # gradient mapping), is within the tolerance.
+    move_threshold = threshold * tf.square(step[:, 0])
 
-    def keep_going(i, z, gz, y, gy, t, done):
+    def keep_going(i, z, y, t, done):
         return tf.logical_and(i < max_iter, tf.logical_not(tf.reduce_all(done)))
 
-    def step_once(i, z, gz, y, gy, t, done):
-        # A finished row has y = z and takes a zero step, so it stays exactly where it is.
-        z_new = tf.maximum(y - tf.where(done[:, None], 0.0, step) * gy, lower)
-        g_new = gradient(z_new)
-        done_new = done | (projected_gradient_sq(z_new, g_new) <= threshold)
+    def step_once(i, z, y, t, done):
+        # One matvec per step, at y. A finished row has y = z and keeps z: it stays exactly
+        # where it is.
+        z_new = tf.where(done[:, None], z, tf.maximum(y - step * gradient(y), lower))
+        move = y - z_new
+        done_new = done | (tf.reduce_sum(move * move, axis=1) <= move_threshold)
         dz = z_new - z
-        restart = tf.reduce_sum((y - z_new) * dz, axis=1) > 0.0
+        restart = tf.reduce_sum(move * dz, axis=1) > 0.0
         t_new = 0.5 + tf.sqrt(0.25 + t * t)
         beta = tf.where(restart | done_new, 0.0, (t - 1.0) / t_new)[:, None]
         t_new = tf.where(restart, 1.0, t_new)
-        # The gradient is affine, so the gradient at the extrapolated point costs no matvec.
-        return i + 1, z_new, g_new, z_new + beta * dz, g_new + beta * (g_new - gz), t_new, done_new
+        return i + 1, z_new, z_new + beta * dz, t_new, done_new
 
-    iterations, z, gz, _, _, _, _ = tf.while_loop(
-        keep_going, step_once, (tf.constant(0), z0, g0, z0, g0, tf.ones_like(pg0_sq), done0)
+    iterations, z, _, _, _ = tf.while_loop(
+        keep_going, step_once, (tf.constant(0), z0, z0, tf.ones_like(pg0_sq), done0)
     )
+    gz = gradient(z)
     # zᵀGz − 2cᵀz + constant with Gz = gz + c; clamped at the true loss's lower bound, 0,
     # which float32 cancellation can cross when a row is fitted exactly.
     objective = tf.maximum(tf.reduce_sum(z * (gz - rhs), axis=1) + sq_targets, 0.0)

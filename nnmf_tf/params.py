@@ -84,8 +84,8 @@ class SolverParams:
     reach the same 10-iteration objective as 50 within 1e-5 (relative) on 5M generated
     ratings, and the same MovieLens 100K validation RMSE as 300."""
     inner_tol: float = 1e-3
-    """Stop a half-step's inner loop when every row's projected-gradient norm fell below this
-    fraction of its value at the start of the half-step."""
+    """Stop a row's inner loop when its gradient mapping (projected step over step size) fell
+    below this fraction of its projected-gradient norm at the start of the half-step."""
     seed: int = 42
     """Seed of the initial factors; every random choice derives from it and the row id."""
     init_scale: float | None = None
