@@ -55,10 +55,7 @@ def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
                 _log.warning("TensorFlow already configured with %s; ignoring %s", _configured, settings)
             return _configured
         if settings.xla_cache_dir:
-            # Read with TensorFlow's other XLA flags at its first op.
-            folder = os.path.join(os.path.expanduser(settings.xla_cache_dir), f"tf-{tf.__version__}")
-            flags = os.environ.get("TF_XLA_FLAGS", "")
-            os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={folder}".strip()
+            _use_xla_cache(settings.xla_cache_dir)
         try:
             if settings.intra_op_threads:
                 tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
@@ -76,6 +73,25 @@ def configure(settings: DeviceSettings = DeviceSettings()) -> DeviceSettings:
             ) from error
         _configured = settings
         return settings
+
+
+def _use_xla_cache(root: str) -> None:
+    """Point TensorFlow's persistent XLA cache at ``root/tf-<version>`` (read with its other
+    XLA flags at its first op). A folder that cannot be created or written is skipped with a
+    warning: the cache only saves compilation time, and TensorFlow would fail every compiled
+    call on it."""
+    folder = os.path.join(os.path.expanduser(root), f"tf-{tf.__version__}")
+    probe = os.path.join(folder, f".write-test-{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(probe, "w") as handle:
+            handle.write("")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as error:
+        _log.warning("XLA cache folder %s is not writable (%s); compiling without a cache", folder, error)
+        return
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={folder}".strip()
 
 
 def compute_threads() -> int:

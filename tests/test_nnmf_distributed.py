@@ -252,31 +252,38 @@ def test_configure_after_tensorflow_started_fails_with_the_fix():
     assert "call configure() before any TensorFlow op in this process" in completed.stderr
 
 
+XLA_CACHE_RUN = (
+    "import sys, hashlib\n"
+    "import numpy as np\n"
+    "from nnmf_tf.device import DeviceSettings, configure\n"
+    "configure(DeviceSettings(logical_cpu_devices=2, xla_cache_dir=sys.argv[1]))\n"
+    "from nnmf_tf.data import SparseRatings\n"
+    "from nnmf_tf.halfstep import half_step\n"
+    "from nnmf_tf.params import SolverParams\n"
+    "rng = np.random.default_rng(3)\n"
+    "mask = rng.random((50, 20)) < 0.4\n"
+    "ratings = SparseRatings.from_dense(rng.uniform(1.0, 5.0, mask.shape), mask)\n"
+    "result = half_step(ratings, rng.random((20, 4)), rng.random((50, 4)), SolverParams(rank=4, reg=0.1))\n"
+    "print(hashlib.sha256(result.factors.tobytes()).hexdigest())\n"
+)
+"""A half-step in a fresh process whose XLA cache folder is ``argv[1]``; prints a hash of its factors."""
+
+
+def run_with_xla_cache(folder) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        [sys.executable, "-c", XLA_CACHE_RUN, str(folder)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return completed
+
+
 def test_xla_cache_dir_keeps_the_compiled_solver_for_the_next_process(tmp_path):
     """Two fresh processes with the same cache folder: the first writes the compiled solver
     into its TensorFlow version's subfolder; the second reads it (writes nothing) and computes
     the same bytes."""
-    code = (
-        "import sys, hashlib\n"
-        "import numpy as np\n"
-        "from nnmf_tf.device import DeviceSettings, configure\n"
-        "configure(DeviceSettings(xla_cache_dir=sys.argv[1]))\n"
-        "from nnmf_tf.data import SparseRatings\n"
-        "from nnmf_tf.halfstep import half_step\n"
-        "from nnmf_tf.params import SolverParams\n"
-        "rng = np.random.default_rng(3)\n"
-        "mask = rng.random((50, 20)) < 0.4\n"
-        "ratings = SparseRatings.from_dense(rng.uniform(1.0, 5.0, mask.shape), mask)\n"
-        "result = half_step(ratings, rng.random((20, 4)), rng.random((50, 4)), SolverParams(rank=4, reg=0.1))\n"
-        "print(hashlib.sha256(result.factors.tobytes()).hexdigest())\n"
-    )
 
     def run() -> str:
-        completed = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300
-        )
-        assert completed.returncode == 0, completed.stderr[-2000:]
-        return completed.stdout.strip()
+        return run_with_xla_cache(tmp_path).stdout.strip()
 
     def written() -> dict:
         return {entry.name: entry.stat().st_mtime_ns for entry in (tmp_path / f"tf-{tf.__version__}").iterdir()}
@@ -286,3 +293,14 @@ def test_xla_cache_dir_keeps_the_compiled_solver_for_the_next_process(tmp_path):
     assert entries, "no compiled solver written to the cache folder"
     assert run() == first
     assert written() == entries, "the second process compiled again instead of reading the cache"
+
+
+def test_an_unwritable_xla_cache_dir_is_skipped_with_a_warning(tmp_path):
+    """The cache only saves time: a folder under a regular file cannot be created, so the
+    process warns, compiles without it, and computes the same factors as with a cache."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    completed = run_with_xla_cache(blocker / "cache")
+    assert "is not writable" in completed.stderr and "compiling without a cache" in completed.stderr
+    assert completed.stdout.strip() == run_with_xla_cache(tmp_path / "cache").stdout.strip()
+
