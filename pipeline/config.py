@@ -377,7 +377,7 @@ class ComputeConfig(_Section):
     """A folder on each worker (``~`` expanded there) where it keeps the XLA-compiled solver for
     later runs (null: off): a nightly job on the same machine then skips ~0.4 s of compilation
     per chunk shape. The code is compiled for the worker's CPU: never share the folder between
-    machines of different CPU types."""
+    machines of different CPU types. A folder the worker cannot write is skipped with a warning."""
 
 
 @dataclass(frozen=True)
