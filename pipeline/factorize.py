@@ -8,7 +8,8 @@
 
 Each ParDo calls :func:`nnmf_tf.halfstep.half_step` on one block with the other side's
 whole factor matrix, so the result is the same whatever the block layout. Only factors
-move between iterations; the rating blocks were grouped once by :class:`BlockRatings`.
+move between iterations: the rating blocks, grouped once by :class:`BlockRatings`, are
+stored once (:mod:`pipeline.block_store`) and each half-step receives its block's handle.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.params import SolverParams
 from pipeline.timing import timed
 from pipeline.warm_start import warm_factors
-from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, row_keys
+from pipeline.block_store import StoredBlock, load_block, store_block
+from pipeline.blocks import FactorBlock, concat_factors, row_keys
 
 STATS = "stats"
 SIDE_SALT = {"user": 0, "item": 1}
@@ -65,14 +67,15 @@ class HalfStepFn(beam.DoFn):
 
         self._strategy = worker_strategy(self._compute)
 
-    def process(self, block: RatingsBlock, other: dict, previous: dict, global_mean: float):
-        return timed("factorize", self._process(block, other, previous, global_mean))
+    def process(self, stored: StoredBlock, other: dict, previous: dict, global_mean: float):
+        return timed("factorize", self._process(stored, other, previous, global_mean))
 
-    def _process(self, block: RatingsBlock, other: dict, previous: dict, global_mean: float):
+    def _process(self, stored: StoredBlock, other: dict, previous: dict, global_mean: float):
         from nnmf_tf.errors import check_factors_finite
         from nnmf_tf.halfstep import half_step
 
         started = time.perf_counter()
+        block = load_block(stored)
         params = self._params
         other_side = self._other_side(other)
         current = previous[block.block]
@@ -114,12 +117,13 @@ class Factorize(beam.PTransform):
     (see :class:`~pipeline.block_ratings.BlockedRatings`), and for a warm start
     ``previous_user_factors`` / ``previous_item_factors`` (``(block, pa.Table)``). Output: a dict with
     ``user_factors`` and ``item_factors`` (``(block, FactorBlock)``) and ``stats`` (one dict
-    per block and half-step).
+    per block and half-step). The rating blocks are stored under ``block_folder`` (see
+    :mod:`pipeline.block_store`), which the caller deletes when the pipeline is done.
     """
 
-    def __init__(self, params: SolverParams, compute):
+    def __init__(self, params: SolverParams, compute, block_folder: str):
         super().__init__()
-        self._params, self._compute = params, compute
+        self._params, self._compute, self._block_folder = params, compute, block_folder
 
     def expand(self, blocked: dict) -> dict:
         params = self._params
@@ -134,11 +138,16 @@ class Factorize(beam.PTransform):
         user_factors = blocked["user_blocks"] | "InitUserFactors" >> beam.Map(
             lambda b, m, *old: initial_block("user", b.block, b.ids, params, m, *old), mean, *previous["user"]
         ).with_output_types(typing.Any)
+        stored = {
+            side: blocked[f"{side}_blocks"]
+            | f"Store{side.capitalize()}Blocks" >> beam.Map(store_block, self._block_folder)
+            for side in ("user", "item")
+        }
         stats = []
         for t in range(1, params.max_iter + 1):
-            user_step = self._half_step(blocked["user_blocks"], "user", t, item_factors, user_factors, mean)
+            user_step = self._half_step(stored["user"], "user", t, item_factors, user_factors, mean)
             user_factors = user_step.factors
-            item_step = self._half_step(blocked["item_blocks"], "item", t, user_factors, item_factors, mean)
+            item_step = self._half_step(stored["item"], "item", t, user_factors, item_factors, mean)
             item_factors = item_step.factors
             stats += [user_step[STATS], item_step[STATS]]
         all_stats = tuple(stats) | "FlattenStats" >> beam.Flatten()

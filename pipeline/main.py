@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import output, tables
+from pipeline import block_store, output, tables
 from pipeline.block_ratings import BlockRatings, rows_per_source
 from pipeline.config import RunConfig, to_dict
 from pipeline.factorize import Factorize, training_loss
@@ -100,8 +100,9 @@ def _file_counts(table, name: str) -> list[tuple]:
     return [(name, source, count) for source, count in rows_per_source(table)]
 
 
-def build(pipeline: beam.Pipeline, config: RunConfig, folder: str) -> None:
-    """Add the whole job to ``pipeline``, writing its tables under ``folder``."""
+def build(pipeline: beam.Pipeline, config: RunConfig, folder: str, block_folder: str) -> None:
+    """Add the whole job to ``pipeline``, writing its tables under ``folder`` and the rating
+    blocks the iterations read under ``block_folder``."""
     schema = lambda name: tables.schema_of(name, config)  # noqa: E731
     count = lambda label, pcoll: pcoll | f"{label}Rows" >> beam.Map(_rows) | f"Sum{label}" >> beam.CombineGlobally(sum)  # noqa: E731
 
@@ -134,7 +135,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig, folder: str) -> None:
             model_inputs[f"previous_{side}_factors"] = pipeline | f"ReadPrevious{side.capitalize()}Factors" >> (
                 ReadPreviousFactors(config.input.init_from, side, n_blocks)
             )
-    factors = model_inputs | "Factorize" >> Factorize(config.model, config.compute)
+    factors = model_inputs | "Factorize" >> Factorize(config.model, config.compute, block_folder)
     scored = {**model_inputs, **factors} | "RecommendAndEvaluate" >> RecommendAndEvaluate(
         config, schema(tables.RECOMMENDATIONS)
     )
@@ -252,9 +253,14 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     options = pipeline_options(config, beam_args)
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=_runner(options), options=options)
-    build(pipeline, config, folder)
-    result = pipeline.run()
-    result.wait_until_finish()
+    blocks = block_store.run_folder(folder)
+    try:
+        build(pipeline, config, folder, blocks)
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        block_store.forget(blocks)
+        output.delete_tree(blocks)
     seconds = time.perf_counter() - started
     timings = [(f"seconds_{stage}", None, None, value) for stage, value in sorted(stage_seconds(result).items())]
     metrics = output.append_rows(folder, tables.METRICS, tables.metrics_table(timings + [("seconds_total", None, None, seconds)]))

@@ -48,7 +48,8 @@ def check_output(output: str, overwrite: bool) -> None:
         raise OutputExistsError(f"{output} holds a published run; pass --overwrite to replace it")
 
 
-def _delete_tree(path: str) -> None:
+def delete_tree(path: str) -> None:
+    """Delete ``path`` (a file or a folder and everything in it) when it exists."""
     if FileSystems.exists(path):
         FileSystems.delete([path])
 
@@ -56,7 +57,7 @@ def _delete_tree(path: str) -> None:
 def prepare_staging(output: str) -> str:
     """An empty staging folder for a new run (leftovers of a killed run removed)."""
     staging = staging_path(output)
-    _delete_tree(staging)
+    delete_tree(staging)
     FileSystems.mkdirs(staging)
     return staging
 
@@ -69,7 +70,7 @@ def write_json(path: str, payload: Any) -> None:
 
 def publish(staging: str, output: str) -> None:
     """Move the staging folder to ``output`` and mark it complete with ``_SUCCESS``."""
-    _delete_tree(output)
+    delete_tree(output)
     FileSystems.rename([staging], [output])
     with FileSystems.create(join(output, SUCCESS)):
         pass

@@ -6,6 +6,8 @@ launcher process never runs a TensorFlow op before the workers configure their d
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -18,8 +20,26 @@ _lock = threading.Lock()
 _strategies: dict[str, "tf.distribute.Strategy"] = {}
 
 
+def _import_tensorflow() -> None:
+    """Import TensorFlow with the garbage collector paused. The import creates hundreds of
+    thousands of objects, and each collection it triggers also scans everything Beam holds
+    already: after ``import apache_beam``, 2.56-2.72 s with collections against 1.78-1.94 s
+    without (three alternating runs)."""
+    with _lock:
+        if "tensorflow" in sys.modules:
+            return
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            if enabled:
+                gc.enable()
+
+
 def worker_strategy(compute: "ComputeConfig") -> "tf.distribute.Strategy":
     """Configure this process's TensorFlow (first call) and return the strategy ``compute`` names."""
+    _import_tensorflow()
     from nnmf_tf.device import DeviceSettings, configure, make_strategy
 
     configure(

@@ -329,6 +329,15 @@ def _model_metrics(run_: Run) -> dict:
 BLOCK_RUNS = ["run_1x1", "run_4x4"]
 
 
+@pytest.mark.parametrize("name", ["run_1x1", "run_4x4", "run_4x4_multi"])
+def test_published_folder_holds_the_tables_and_reports_only(name, request):
+    """The rating blocks the iterations read (stored under the staging folder) are gone,
+    whether the workers ran in this process or in others."""
+    run_: Run = request.getfixturevalue(name)
+    expected = {*TABLES, "metrics.json", "manifest.json", "report.html", "_SUCCESS"}
+    assert set(os.listdir(run_.out)) == expected
+
+
 @pytest.mark.parametrize("name", BLOCK_RUNS)
 def test_every_table_reads_back_in_pandas_pyarrow_and_duckdb(name, request):
     run_: Run = request.getfixturevalue(name)
