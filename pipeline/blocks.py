@@ -146,9 +146,9 @@ class RatingsBlock:
         return row_keys(self.ids)
 
     def __reduce__(self):
-        # Blocks are re-read by every half-step stage, so their pickled size is paid 10-20
-        # times per run: ratings travel as row counts + columns + values (8 bytes per rating
-        # instead of 12), held-out indices as int32.
+        # Blocks are pickled into the block store and to the few stages that read them whole:
+        # ratings travel as row counts + columns + values (8 bytes per rating instead of 12),
+        # held-out indices as int32.
         return _block_from_compact, (self.side, self.block, self.ids, _compact_ratings(self.ratings), self.heldout)
 
 

@@ -12,12 +12,14 @@ from pipeline.tf_worker import _import_tensorflow
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_tensorflow_import_turns_the_collector_back_on():
-    """The import pauses garbage collection and must resume it, in a fresh process."""
+def test_tensorflow_import_is_frozen_and_turns_the_collector_back_on():
+    """The import pauses garbage collection, leaves TensorFlow's objects out of later
+    collections, and resumes collection, in a fresh process."""
     code = (
         "import gc, sys; from pipeline.tf_worker import _import_tensorflow; "
-        "assert 'tensorflow' not in sys.modules; _import_tensorflow(); "
-        "assert 'tensorflow' in sys.modules and gc.isenabled(); print('ok')"
+        "assert 'tensorflow' not in sys.modules and gc.get_freeze_count() == 0; _import_tensorflow(); "
+        "assert 'tensorflow' in sys.modules and gc.isenabled(); "
+        "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count(); print('ok')"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
