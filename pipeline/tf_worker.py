@@ -25,11 +25,12 @@ def _import_tensorflow() -> None:
 
     The import creates about 490,000 tracked objects (modules, classes, functions; 142,000
     exist after ``import apache_beam``) that live as long as the process, and every full
-    collection would scan them all again, with everything Beam holds: on the 1M benchmark the collector took 0.72-0.77 s of the first
-    user half-step stage. Collection is paused during the import, and the objects alive after
-    it are then frozen (``gc.freeze``: left out of later collections, which is also why their
-    cyclic garbage, if any, is never reclaimed): 0.04 s of collection over the whole run,
-    and that stage 2.9-3.1 s against 3.6-3.9 s."""
+    collection would scan them all again, with everything Beam holds: on the 1M benchmark,
+    collection took 0.72-0.77 s of the first user half-step stage. Collection is paused
+    during the import, and the objects alive after it are then frozen (``gc.freeze``: left
+    out of later collections, which is also why their cyclic garbage, if any, is never
+    reclaimed): 0.04 s of collection over the whole run, and that stage 2.9-3.1 s against
+    3.6-3.9 s."""
     with _lock:
         if "tensorflow" in sys.modules:
             return
