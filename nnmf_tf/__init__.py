@@ -25,6 +25,8 @@ _EXPORTS = {
     "objective": "nnmf_tf.model",
     "HalfStepResult": "nnmf_tf.halfstep",
     "half_step": "nnmf_tf.halfstep",
+    "SparseLayout": "nnmf_tf.halfstep",
+    "sparse_layout": "nnmf_tf.halfstep",
     "FitResult": "nnmf_tf.solver",
     "fit": "nnmf_tf.solver",
     "initial_model": "nnmf_tf.solver",

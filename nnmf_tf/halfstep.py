@@ -280,7 +280,7 @@ def _dense_chunk(
     )
 
 
-def _pieces(splits: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_cols: int) -> tuple[np.ndarray, ...]:
+def _pieces(splits: np.ndarray, cols: np.ndarray, n_cols: int, padding: int) -> tuple[np.ndarray, ...]:
     """The entries of consecutive rows (CSR ``splits``) cut into pieces of ``PIECE`` entries.
 
     Returns
@@ -290,8 +290,9 @@ def _pieces(splits: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_cols: i
         sorted segments).
     piece_cols : np.ndarray of int32, shape (pieces, PIECE)
         The column of each entry; ``n_cols`` where the last piece of a row is padded.
-    piece_targets : np.ndarray of float32, shape (pieces, PIECE)
-        The target of each entry; 0 in the padding.
+    piece_entries : np.ndarray of int32 or int64, shape (pieces, PIECE)
+        The position of each entry in ``cols`` (to gather its target); ``padding`` where
+        padded.
     """
     lengths = np.diff(splits)
     per_row = -(-lengths // PIECE)
@@ -300,10 +301,10 @@ def _pieces(splits: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_cols: i
     first_entry = splits[:-1][piece_rows] + (np.arange(len(piece_rows)) - first_piece[piece_rows]) * PIECE
     entries = first_entry[:, None] + np.arange(PIECE)[None, :]
     valid = entries < splits[1:][piece_rows][:, None]
-    entries = np.where(valid, entries, 0)
-    piece_cols = np.where(valid, cols[entries], n_cols).astype(np.int32)
-    piece_targets = np.where(valid, targets[entries], 0.0).astype(np.float32, copy=False)
-    return piece_rows, piece_cols, piece_targets
+    entries = np.where(valid, entries, padding)
+    piece_cols = np.where(valid, cols[np.where(valid, entries, 0)], n_cols).astype(np.int32)
+    index_type = np.int32 if padding < np.iinfo(np.int32).max else np.int64
+    return piece_rows, piece_cols, entries.astype(index_type)
 
 
 def padded_rows(n: int) -> int:
@@ -339,21 +340,70 @@ def _sparse_row_bytes(counts: np.ndarray, d: int) -> np.ndarray:
     return 4 * (pieces * (PIECE * (d + 2) + d * d) + 4 * d * d)
 
 
-def _sparse_chunks(
-    ratings: SparseRatings, targets: np.ndarray, current: np.ndarray, d: int
-) -> tuple[list[tuple], list[np.ndarray], tuple]:
-    """The kernel inputs of each chunk of consecutive rows, each chunk's row indices, and a
-    chunk without rows (for idle replicas)."""
+@dataclass(frozen=True)
+class SparseLayout:
+    """How the sparse kernel cuts one matrix: rows into chunks, each chunk's entries into pieces.
+
+    It depends on the matrix's sparsity pattern and the solve's width ``d`` only (the rank,
+    plus one with biases), never on factors or targets, so an iterative fit builds it once
+    per matrix (:func:`sparse_layout`) and hands it to every :func:`half_step`: building it
+    is about a fifth of a half-step's time.
+
+    Attributes
+    ----------
+    shape, nnz, d
+        The matrix and width it was built for (checked by :func:`half_step`).
+    row_sets : tuple of np.ndarray
+        The rows of each chunk (consecutive).
+    chunks : tuple of (counts, piece_rows, piece_cols, piece_entries)
+        Per chunk: entry counts of its rows padded to ``padded_rows`` rows, and its pieces
+        (see :func:`_pieces`; ``piece_entries`` is ``nnz`` where padded).
+    padded_rows : int
+        Rows every chunk is padded to (see :func:`padded_rows`).
+    """
+
+    shape: tuple[int, int]
+    nnz: int
+    d: int
+    row_sets: tuple[np.ndarray, ...]
+    chunks: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
+    padded_rows: int
+
+
+def sparse_layout(ratings: SparseRatings, params: SolverParams) -> SparseLayout:
+    """The :class:`SparseLayout` of ``ratings`` for half-steps with ``params`` (its rank and
+    whether biases are fitted)."""
+    d = params.rank + int(params.bias)
     counts = ratings.row_counts()
     row_sets = _chunk_bounds(_sparse_row_bytes(counts, d))
     n = padded_rows(max(map(len, row_sets), default=0))
 
     def chunk(rows: np.ndarray) -> tuple:
-        splits = ratings.row_splits[rows[0] : rows[-1] + 2] if len(rows) else ratings.row_splits[:1]
-        piece_parts = _pieces(splits, ratings.cols, targets, ratings.shape[1])
-        return (_pad_rows(counts[rows], n), *piece_parts, _pad_rows(current[rows], n))
+        splits = ratings.row_splits[rows[0] : rows[-1] + 2]
+        return (_pad_rows(counts[rows], n), *_pieces(splits, ratings.cols, ratings.shape[1], ratings.nnz))
 
-    return [chunk(rows) for rows in row_sets], row_sets, chunk(np.arange(0))
+    return SparseLayout(ratings.shape, ratings.nnz, d, tuple(row_sets), tuple(chunk(rows) for rows in row_sets), n)
+
+
+def _sparse_chunks(
+    layout: SparseLayout, targets: np.ndarray, current: np.ndarray
+) -> tuple[list[tuple], list[np.ndarray], tuple]:
+    """The kernel inputs of each chunk of ``layout`` given this half-step's targets and warm
+    start, each chunk's row indices, and a chunk without rows (for idle replicas)."""
+    n, d = layout.padded_rows, current.shape[1]
+    padded_targets = np.append(targets.astype(np.float32, copy=False), np.float32(0.0))
+    chunks = [
+        (counts, piece_rows, piece_cols, padded_targets[entries], _pad_rows(current[rows], n))
+        for rows, (counts, piece_rows, piece_cols, entries) in zip(layout.row_sets, layout.chunks)
+    ]
+    idle = (
+        np.zeros(n, np.int64),
+        np.zeros(0, np.int32),
+        np.zeros((0, PIECE), np.int32),
+        np.zeros((0, PIECE), np.float32),
+        np.zeros((n, d), np.float32),
+    )
+    return chunks, list(layout.row_sets), idle
 
 
 def _dense_chunks(
@@ -414,6 +464,7 @@ def half_step(
     current_bias: np.ndarray | None = None,
     global_mean: float = 0.0,
     strategy: tf.distribute.Strategy | None = None,
+    layout: SparseLayout | None = None,
 ) -> HalfStepResult:
     """Update the rows of ``current`` (and their biases) given the other side's factors.
 
@@ -437,6 +488,9 @@ def half_step(
         μ, subtracted from every rating when ``params.bias``.
     strategy : tf.distribute.Strategy, optional
         Chunks of rows are spread over its replicas; default: the default strategy.
+    layout : SparseLayout, optional
+        ``sparse_layout(ratings, params)``, built once by a caller that updates the same
+        sparse ratings again and again; default: built here.
 
     Returns
     -------
@@ -478,8 +532,17 @@ def half_step(
         targets = ratings.values
         if params.bias:
             targets = targets - np.float32(global_mean) - other_bias[ratings.cols]
-        (chunks, row_sets, idle), kernel = _sparse_chunks(ratings, targets, start, d), _sparse_chunk
+        if layout is None:
+            layout = sparse_layout(ratings, params)
+        elif (layout.shape, layout.nnz, layout.d) != (ratings.shape, ratings.nnz, d):
+            raise ValueError(
+                f"layout was built for a {layout.shape} matrix with {layout.nnz} entries and width {layout.d}; "
+                f"these ratings are {ratings.shape} with {ratings.nnz} entries and width {d}"
+            )
+        (chunks, row_sets, idle), kernel = _sparse_chunks(layout, targets, start), _sparse_chunk
     else:
+        if layout is not None:
+            raise ValueError("layout applies to SparseRatings only")
         targets = ratings.values
         if params.bias:
             targets = targets - np.float32(global_mean) - other_bias[None, :]

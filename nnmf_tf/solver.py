@@ -10,9 +10,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from nnmf_tf.data import Ratings
+from nnmf_tf.data import Ratings, SparseRatings
 from nnmf_tf.errors import ConvergenceWarning, check_factors_finite
-from nnmf_tf.halfstep import HalfStepResult, half_step
+from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout
 from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.model import Factors, objective
 from nnmf_tf.params import SolverParams, check_int
@@ -53,24 +53,35 @@ def _block_bounds(n: int, blocks: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def _row_blocks(ratings: Ratings, blocks: int, params: SolverParams) -> list[tuple[int, int, Ratings, SparseLayout | None]]:
+    """``(start, stop, rows start:stop, their kernel layout)`` per block of rows, built once
+    per fit: the blocks' sparsity patterns never change between iterations."""
+    parts = []
+    for start, stop in _block_bounds(ratings.shape[0], blocks):
+        part = ratings if blocks == 1 else ratings.row_block(start, stop)
+        layout = sparse_layout(part, params) if isinstance(part, SparseRatings) else None
+        parts.append((start, stop, part, layout))
+    return parts
+
+
 def _blocked_half_step(
-    ratings: Ratings,
+    blocks: list[tuple[int, int, Ratings, SparseLayout | None]],
     other: np.ndarray,
     other_bias: np.ndarray | None,
     current: np.ndarray,
     current_bias: np.ndarray | None,
     params: SolverParams,
     global_mean: float,
-    blocks: int,
     strategy: tf.distribute.Strategy | None,
     side: str,
     iteration: int,
 ) -> tuple[np.ndarray, np.ndarray | None, float, float, float]:
-    """One half-step, block of rows by block of rows, each block reading the whole other side."""
+    """One half-step, block of rows by block of rows (see :func:`_row_blocks`), each block
+    reading the whole other side."""
     factors, biases, totals = [], [], np.zeros(3)
-    for block, (start, stop) in enumerate(_block_bounds(current.shape[0], blocks)):
+    for block, (start, stop, ratings, layout) in enumerate(blocks):
         result: HalfStepResult = half_step(
-            ratings if blocks == 1 else ratings.row_block(start, stop),
+            ratings,
             other,
             current[start:stop],
             params,
@@ -78,9 +89,10 @@ def _blocked_half_step(
             current_bias=None if current_bias is None else current_bias[start:stop],
             global_mean=global_mean,
             strategy=strategy,
+            layout=layout,
         )
         check_factors_finite(
-            result.factors, side=side, iteration=iteration, block=block if blocks > 1 else None, bias=result.bias
+            result.factors, side=side, iteration=iteration, block=block if len(blocks) > 1 else None, bias=result.bias
         )
         factors.append(result.factors)
         biases.append(result.bias)
@@ -166,7 +178,8 @@ def fit(
             model.user_factors, model.item_factors, np.zeros(n_users, np.float32), np.zeros(n_items, np.float32),
             ratings.mean(),
         )
-    transposed = ratings.transpose()
+    user_blocks = _row_blocks(ratings, row_blocks, params)
+    item_blocks = _row_blocks(ratings.transpose(), col_blocks, params)
     w, h = model.user_factors.astype(np.float32), model.item_factors.astype(np.float32)
     bu, bi, mu = model.user_bias, model.item_bias, model.global_mean if params.bias else 0.0
     initial = objective(ratings, model, params)
@@ -176,10 +189,10 @@ def fit(
     previous = initial
     for iteration in range(1, params.max_iter + 1):
         w, bu, _, user_penalty, user_pg = _blocked_half_step(
-            ratings, h, bi, w, bu, params, mu, row_blocks, strategy, "user", iteration
+            user_blocks, h, bi, w, bu, params, mu, strategy, "user", iteration
         )
         h, bi, item_objective, _, item_pg = _blocked_half_step(
-            transposed, w, bu, h, bi, params, mu, col_blocks, strategy, "item", iteration
+            item_blocks, w, bu, h, bi, params, mu, strategy, "item", iteration
         )
         current = item_objective + user_penalty
         history.append(current)
