@@ -37,12 +37,30 @@ def check_array(
     return array
 
 
+def _half_step_name(side: str, iteration: int, block: int | None) -> str:
+    return f"the {side} half-step of iteration {iteration}" + ("" if block is None else f" (block {block})")
+
+
+def check_objective_finite(objective: float, *, side: str, iteration: int, block: int | None = None) -> None:
+    """Raise :class:`NNMFFitError` when a half-step's objective is NaN or inf.
+
+    Finite factors can still be too large for float32 products (an ``init_scale`` far above
+    the ratings' scale): their Grams overflow, the solver cannot move, and the model would be
+    published with a non-finite loss and no usable scores.
+    """
+    if not np.isfinite(objective):
+        raise NNMFFitError(
+            f"non-finite objective ({objective}) after {_half_step_name(side, iteration, block)}: the factors "
+            "overflow float32 products; lower model.init_scale or raise reg"
+        )
+
+
 def check_factors_finite(
     factors: np.ndarray, *, side: str, iteration: int, block: int | None = None, bias: np.ndarray | None = None
 ) -> None:
     """Raise :class:`NNMFFitError` when ``factors`` hold NaN, inf or negative values, or ``bias``
     (when given) NaN or inf."""
-    where = f"the {side} half-step of iteration {iteration}" + ("" if block is None else f" (block {block})")
+    where = _half_step_name(side, iteration, block)
     if bias is not None and not np.all(np.isfinite(bias)):
         raise NNMFFitError(f"non-finite {side} bias after {where}")
     if not np.all(np.isfinite(factors)):

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from nnmf_tf.data import Ratings, SparseRatings
-from nnmf_tf.errors import ConvergenceWarning, check_factors_finite
+from nnmf_tf.errors import ConvergenceWarning, check_factors_finite, check_objective_finite
 from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout
 from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.model import Factors, objective
@@ -91,9 +91,9 @@ def _blocked_half_step(
             strategy=strategy,
             layout=layout,
         )
-        check_factors_finite(
-            result.factors, side=side, iteration=iteration, block=block if len(blocks) > 1 else None, bias=result.bias
-        )
+        name = {"side": side, "iteration": iteration, "block": block if len(blocks) > 1 else None}
+        check_factors_finite(result.factors, bias=result.bias, **name)
+        check_objective_finite(result.objective, **name)
         factors.append(result.factors)
         biases.append(result.bias)
         totals += (result.objective, result.penalty, result.pg_norm_sq)

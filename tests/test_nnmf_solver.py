@@ -263,6 +263,19 @@ def test_non_finite_factors_in_a_block_name_the_block(masked_problem):
         fit(ratings, SolverParams(rank=2, max_iter=3), init=init, row_blocks=2)
 
 
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_factors_too_large_for_float32_products_raise_instead_of_a_nan_model(masked_problem, as_ratings, kind):
+    """Finite factors near 1e30 overflow the Grams: the solver cannot move them and the loss is
+    not finite (the dense kernel's bias overflows first). The fit stops at the first
+    half-step, naming it."""
+    values, mask = masked_problem((10, 8), 2, 0.6)
+    params = SolverParams(rank=2, bias=True, max_iter=3, init_scale=1e30)
+    message = r"non-finite (objective \(.*\)|user bias) after the user half-step of iteration 1"
+    with pytest.raises(NNMFFitError, match=message):
+        fit(as_ratings(values, mask, kind), params)
+    fit(as_ratings(values, mask, kind), params.replace(init_scale=1e3))  # large but representable: fits
+
+
 def test_unbiased_fit_from_a_biased_init_starts_at_its_initial_objective():
     """Fixed data (not the test seed): a deterministic repro. Rejecting such an init also passes."""
     rng = np.random.default_rng(0)
