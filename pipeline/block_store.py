@@ -8,9 +8,12 @@ each block is written once, as a file under the run's staging folder, and travel
 needs it and keeps it for the run's later stages; the process that stored a block starts
 with it (on the DirectRunner in memory, no block is ever read back).
 
+What a stage derives from a block alone and would otherwise recompute at every iteration
+(the half-step kernel's layout) is kept with it (:func:`derived`).
+
 Paths are unique per pipeline (a random run folder), so a process that runs several
 pipelines never mistakes one run's block for another's; :func:`forget` drops a finished
-run's blocks from the process.
+run's blocks, and what was derived from them, from the process.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pickle
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -27,7 +31,10 @@ from pipeline.blocks import RatingsBlock
 from pipeline.output import join
 
 _loaded: dict[tuple[str, str], RatingsBlock] = {}  # (folder, path) -> block
+_derived: dict[tuple[str, str, str], object] = {}  # (folder, path, name) -> value
 _lock = threading.Lock()
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,24 @@ def load_block(stored: StoredBlock) -> RatingsBlock:
     return block
 
 
+def derived(stored: StoredBlock, name: str, build: Callable[[RatingsBlock], T]) -> T:
+    """``build(block)`` for the block ``stored`` refers to, computed once per process and
+    ``name``: every later stage of the run gets the same value. ``name`` must tell apart
+    everything ``build`` depends on besides the block."""
+    key = (stored.folder, stored.path, name)
+    with _lock:
+        if key in _derived:
+            return _derived[key]
+    value = build(load_block(stored))
+    with _lock:
+        return _derived.setdefault(key, value)
+
+
 def forget(folder: str) -> None:
-    """Drop the blocks stored under ``folder`` from this process."""
+    """Drop the blocks stored under ``folder``, and what was derived from them, from this
+    process."""
     with _lock:
         for key in [key for key in _loaded if key[0] == folder]:
             del _loaded[key]
+        for key in [key for key in _derived if key[0] == folder]:
+            del _derived[key]

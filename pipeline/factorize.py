@@ -25,7 +25,7 @@ from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.params import SolverParams
 from pipeline.timing import timed
 from pipeline.warm_start import warm_factors
-from pipeline.block_store import StoredBlock, load_block, store_block
+from pipeline.block_store import StoredBlock, derived, load_block, store_block
 from pipeline.blocks import FactorBlock, concat_factors, row_keys
 
 STATS = "stats"
@@ -71,12 +71,17 @@ class HalfStepFn(beam.DoFn):
         return timed("factorize", self._process(stored, other, previous, global_mean))
 
     def _process(self, stored: StoredBlock, other: dict, previous: dict, global_mean: float):
-        from nnmf_tf.errors import check_factors_finite
-        from nnmf_tf.halfstep import half_step
+        from nnmf_tf.errors import check_factors_finite, check_objective_finite
+        from nnmf_tf.halfstep import half_step, sparse_layout
 
         started = time.perf_counter()
         block = load_block(stored)
         params = self._params
+        # The kernel's layout depends on the block's sparsity pattern, the rank and the bias
+        # only: built by the first half-step of this block in this process, reused by the rest.
+        layout = derived(
+            stored, f"layout-{params.rank}-{params.bias}", lambda block: sparse_layout(block.ratings, params)
+        )
         other_side = self._other_side(other)
         current = previous[block.block]
         result = half_step(
@@ -88,10 +93,11 @@ class HalfStepFn(beam.DoFn):
             current_bias=current.bias,
             global_mean=global_mean if params.bias else 0.0,
             strategy=self._strategy,
+            layout=layout,
         )
-        check_factors_finite(
-            result.factors, side=self._side, iteration=self._iteration, block=block.block, bias=result.bias
-        )
+        name = {"side": self._side, "iteration": self._iteration, "block": block.block}
+        check_factors_finite(result.factors, bias=result.bias, **name)
+        check_objective_finite(result.objective, **name)
         yield block.block, FactorBlock(result.factors, result.bias)
         yield pvalue.TaggedOutput(
             STATS,

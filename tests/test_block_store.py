@@ -75,3 +75,25 @@ def test_forget_drops_one_run_only(tmp_path):
     finally:
         block_store.forget(first)
         block_store.forget(second)
+
+
+def test_a_derived_value_is_built_once_per_block_and_name_and_forgotten_with_the_run(folder):
+    """What a stage derives from a block (the kernel layout) is built by the first stage that
+    asks and shared by the later ones; another name or block builds its own; forget drops it."""
+    first = block_store.store_block(_block("user", 0, seed=4), folder)
+    second = block_store.store_block(_block("user", 1, seed=5), folder)
+    built = []
+
+    def build(block: RatingsBlock) -> tuple:
+        built.append(block.block)
+        return (block.block, block.ratings.nnz)
+
+    value = block_store.derived(first, "nnz", build)
+    assert value == (0, block_store.load_block(first).ratings.nnz)
+    assert block_store.derived(first, "nnz", build) is value
+    block_store.derived(second, "nnz", build)
+    block_store.derived(first, "other", build)
+    assert built == [0, 1, 0]
+    block_store.forget(folder)
+    block_store.derived(first, "nnz", build)  # read back from the file, derived again
+    assert built == [0, 1, 0, 0]
