@@ -2,7 +2,7 @@
 
 A run is described by a small declarative YAML file (see ``configs/``) with the sections
 ``input``, ``validation``, ``split``, ``model``, ``blocks``, ``compute``, ``recommend``,
-``evaluation``, ``output`` and ``beam``. :func:`load_config` reads it with ``yaml.safe_load``,
+``evaluation``, ``output`` and ``beam``. :func:`load_config` reads it as plain YAML (safe loading),
 applies ``section.key=value`` overrides, and checks every section before building anything, so
 one run reports every problem at once::
 
@@ -36,6 +36,26 @@ DUPLICATE_POLICIES = ("latest", "first", "last")
 STRATEGIES = ("default", "mirrored")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``1E5`` and ``1.0e30`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``reg: 1e-3``
+    would load as the text ``'1e-3'`` and fail validation. YAML 1.2, and every other YAML
+    reader, take these as numbers.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(stream) -> Any:
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 _OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MISSING = object()
 """Stands for a required key the file does not set."""
@@ -556,7 +576,7 @@ def _read_yaml(path: str) -> tuple[Any, list[str]]:
     """The parsed file (``None`` when empty) and the problems met reading it."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle), []
+            return _load_yaml(handle), []
     except OSError as exc:
         reason = f"{type(exc).__name__}: {exc.strerror or exc}"
         return None, [ERR_NOT_READABLE.format(file=path, reason=reason)]
@@ -574,7 +594,7 @@ def _apply_override(data: dict, text: str, source: str) -> list[str]:
     if not sep or len(parts) < 2 or not all(parts):
         return [ERR_BAD_OVERRIDE.format(file=source, text=text)]
     try:
-        value = yaml.safe_load(raw)
+        value = _load_yaml(raw)
     except yaml.YAMLError:
         return [ERR_OVERRIDE_YAML.format(file=source, key=key.strip(), value=raw)]
     node = data
@@ -632,7 +652,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> RunConfig:
     Parameters
     ----------
     path : str
-        The YAML file. Only plain YAML is read (``yaml.safe_load``): tags that would construct
+        The YAML file. Only plain YAML is read (a safe loader): tags that would construct
         Python objects are refused.
     overrides : sequence of str, default=()
         ``section.key=value`` strings applied on top of the file, in order; the value is parsed

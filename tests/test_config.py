@@ -142,6 +142,28 @@ def test_overrides_change_values_with_yaml_types(tmp_path):
     assert config.validation.rating_min == 1.0 and isinstance(config.validation.rating_min, float)
 
 
+def test_exponent_floats_are_numbers_in_the_file_and_in_overrides(tmp_path):
+    """``1e-3`` and ``1.0e30`` (no dot, unsigned exponent) are text to YAML 1.1 loaders; here
+    they are floats, as in YAML 1.2. Ids-like text stays text."""
+    path = write(
+        tmp_path,
+        """\
+        input:
+          path: ratings.csv
+        output:
+          path: out
+        model:
+          reg: 1e-3
+          init_scale: 1.0e30
+        """,
+    )
+    config = load_config(path)
+    assert config.model.reg == 1e-3 and config.model.init_scale == 1e30
+    config = load_config(path, ["model.reg=2E-2", "model.bias_reg=5e1", "input.user_column=e5"])
+    assert config.model.reg == 0.02 and config.model.bias_reg == 50.0
+    assert config.input.user_column == "e5"
+
+
 def test_later_overrides_win(tmp_path):
     config = load_config(write(tmp_path, MINIMAL), ["model.rank=3", "model.rank=5"])
     assert config.model.rank == 5
