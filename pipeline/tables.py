@@ -6,7 +6,7 @@
 | `item_factors`    | item_id, factors, bias?, n_ratings                              |
 | `recommendations` | user_id, rank, item_id, score                                   |
 | `rejected`        | source, row, field, value, reason                               |
-| `metrics`         | name, iteration, value                                          |
+| `metrics`         | name, iteration, source, value                                  |
 
 Ids keep their input type (int64 or string); ``bias`` exists only for biased models.
 """
