@@ -80,7 +80,11 @@ def _load(path: str, overrides: Sequence[str]) -> RunConfig | None:
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    """Load the config (shorthands applied last), then hand it and the Beam arguments to the pipeline."""
+    """Load the config (shorthands applied last), then hand it and the Beam arguments to the pipeline.
+
+    An unusable ``input.init_from`` is a configuration problem (status 2); an output path the
+    run may not replace gives status 1. Both print one ``error: ...`` line instead of a traceback.
+    """
     overrides = list(args.overrides)
     if args.output is not None:
         overrides.append(f"output.path={json.dumps(args.output)}")
@@ -91,9 +95,13 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         return EXIT_CONFIG_ERROR
     from pipeline.main import run
     from pipeline.output import OutputExistsError
+    from pipeline.warm_start import WarmStartError
 
     try:
         metrics = run(config, beam_args)
+    except WarmStartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     except OutputExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

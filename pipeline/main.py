@@ -31,7 +31,7 @@ from pipeline.block_ratings import BlockRatings, rows_per_source
 from pipeline.config import RunConfig, to_dict
 from pipeline.factorize import Factorize, training_loss
 from pipeline.report import write_report
-from pipeline.read import ReadRatings, ReadSettings
+from pipeline.read import ReadRatings, ReadSettings, match_input_files
 from pipeline.recommend import EVALUATION, RecommendAndEvaluate, summarize_evaluation
 from pipeline.timing import stage_seconds
 from pipeline.warm_start import ReadPreviousFactors, check_previous_run
@@ -62,8 +62,29 @@ def _rows(table) -> int:
     return table.num_rows
 
 
-def _gate(n_read: int, n_rejected: int, limit: float) -> bool:
-    check_rejected_fraction(n_read, n_rejected, limit)
+def _gate(n_read: int, n_rejected: int, rejected_files: list[str], limit: float, rejected_folder: str,
+          pattern: str, n_files: int) -> bool:
+    """Stop the run before blocking when its input is unusable: too many rows rejected, or none accepted.
+
+    ``rejected_files`` (the finalized rejected table, a side input) is only there to make
+    this check wait for the table to be written: when the run stops here, the rejected rows
+    stay readable in ``rejected_folder`` under the staging folder, whose path the error names.
+
+    Raises
+    ------
+    ValueError
+        More than ``limit`` of the rows read were rejected, or no row was accepted.
+    """
+    del rejected_files
+    kept = f"{rejected_folder}; nothing was published"
+    try:
+        check_rejected_fraction(n_read, n_rejected, limit)
+    except ValueError as error:
+        raise ValueError(f"{error}, in {kept}") from error
+    if n_read == n_rejected:
+        files = f"{n_files} file{'' if n_files == 1 else 's'} matching {pattern!r}"
+        reasons = f"; the rejected table gives each row's reason, in {kept}" if n_rejected else "; nothing was published"
+        raise ValueError(f"no ratings accepted from {files}: {n_read} rows read, {n_rejected} rejected{reasons}")
     return True
 
 
@@ -100,9 +121,10 @@ def _file_counts(table, name: str) -> list[tuple]:
     return [(name, source, count) for source, count in rows_per_source(table)]
 
 
-def build(pipeline: beam.Pipeline, config: RunConfig, folder: str, block_folder: str) -> None:
+def build(pipeline: beam.Pipeline, config: RunConfig, folder: str, block_folder: str, n_files: int) -> None:
     """Add the whole job to ``pipeline``, writing its tables under ``folder`` and the rating
-    blocks the iterations read under ``block_folder``."""
+    blocks the iterations read under ``block_folder``; ``n_files`` (the input files matched)
+    is only quoted by the error of a run that accepted no rating."""
     schema = lambda name: tables.schema_of(name, config)  # noqa: E731
     count = lambda label, pcoll: pcoll | f"{label}Rows" >> beam.Map(_rows) | f"Sum{label}" >> beam.CombineGlobally(sum)  # noqa: E731
 
@@ -113,8 +135,15 @@ def build(pipeline: beam.Pipeline, config: RunConfig, folder: str, block_folder:
         pcoll | f"Count{label}PerFile" >> beam.FlatMap(_file_counts, name).with_output_types(typing.Any)
         for label, pcoll, name in (("Read", raw, "file_rows_read"), ("Rejected", validated.rejected, "file_rows_rejected"))
     ]
-    gate = n_read | "CheckRejectedFraction" >> beam.Map(
-        _gate, pvalue.AsSingleton(n_rejected), config.validation.max_rejected_fraction
+    rejected_files = validated.rejected | "WriteRejected" >> output.WriteTable(folder, tables.REJECTED, schema(tables.REJECTED))
+    gate = n_read | "CheckInputUsable" >> beam.Map(
+        _gate,
+        pvalue.AsSingleton(n_rejected),
+        pvalue.AsList(rejected_files),
+        config.validation.max_rejected_fraction,
+        output.join(folder, tables.REJECTED),
+        config.input.path,
+        n_files,
     )
     blocked = validated.valid | "BlockRatings" >> BlockRatings(
         config.blocks.user_blocks,
@@ -151,7 +180,6 @@ def build(pipeline: beam.Pipeline, config: RunConfig, folder: str, block_folder:
             | f"Write{label}" >> output.WriteTable(folder, name, schema(name))
         )
     scored.recommendations | "WriteRecommendations" >> output.WriteTable(folder, tables.RECOMMENDATIONS, schema(tables.RECOMMENDATIONS))
-    validated.rejected | "WriteRejected" >> output.WriteTable(folder, tables.REJECTED, schema(tables.REJECTED))
 
     sizes = [
         n_read | "NameRowsRead" >> beam.Map(lambda n: ("rows_read", None, n)),
@@ -204,7 +232,23 @@ def _tensorflow_version() -> str | None:
     return None
 
 
-def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
+def used_beam_section(config: RunConfig, beam_args: Sequence[str]) -> dict[str, typing.Any]:
+    """The ``beam`` section as the run used it: the config's runner and options, with the
+    values the command line gave (which win) and the options only the command line named.
+
+    An option the command line set to its default value is not listed when the config does
+    not name it either: absent and default mean the same.
+    """
+    used = pipeline_options(config, beam_args).get_all_options(retain_unknown_options=True)
+    given = PipelineOptions(list(beam_args)).get_all_options(drop_default=True, retain_unknown_options=True)
+    names = [*config.beam.options, *(name for name in given if name not in config.beam.options and name != "runner")]
+    options = {name: used.get(name, config.beam.options.get(name)) for name in names}
+    return {"runner": used.get("runner") or config.beam.runner, "options": options}
+
+
+def _manifest(config: RunConfig, beam_args: Sequence[str], folder: str, seconds: float) -> dict:
+    """What ``manifest.json`` records: row counts, the configuration as run (Beam options
+    from the command line included), the input files with sizes, the time and the versions."""
     import numpy
     import pyarrow
 
@@ -215,7 +259,7 @@ def _manifest(config: RunConfig, folder: str, seconds: float) -> dict:
     inputs = [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(matched, key=lambda m: m.path)]
     return {
         "row_counts": counts,
-        "config": to_dict(config),
+        "config": {**to_dict(config), "beam": used_beam_section(config, beam_args)},
         "inputs": inputs,
         "seconds": seconds,
         "versions": {
@@ -243,10 +287,14 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     Raises
     ------
     OutputExistsError
-        The output holds a published run and ``output.overwrite`` is false.
+        The output holds a published run and ``output.overwrite`` is false, or something that
+        is not a published run (see :func:`pipeline.output.check_output`).
+    WarmStartError
+        ``input.init_from`` cannot warm-start this run.
     """
     target = config.output.path
-    output.check_output(target, config.output.overwrite)
+    inputs = match_input_files(config.input.path)
+    output.check_output(target, config.output.overwrite, inputs)
     if config.input.init_from:
         check_previous_run(config.input.init_from, config)
     folder = output.prepare_staging(target)
@@ -255,7 +303,7 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     pipeline = beam.Pipeline(runner=_runner(options), options=options)
     blocks = block_store.run_folder(folder)
     try:
-        build(pipeline, config, folder, blocks)
+        build(pipeline, config, folder, blocks, len(inputs))
         result = pipeline.run()
         result.wait_until_finish()
     finally:
@@ -266,8 +314,8 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
     metrics = output.append_rows(folder, tables.METRICS, tables.metrics_table(timings + [("seconds_total", None, None, seconds)]))
     summary = {_summary_key(row): row["value"] for row in metrics.to_pylist()}
     output.write_json(output.join(folder, "metrics.json"), summary)
-    output.write_json(output.join(folder, "manifest.json"), _manifest(config, folder, seconds))
+    output.write_json(output.join(folder, output.MANIFEST), _manifest(config, beam_args, folder, seconds))
     write_report(folder)
-    output.publish(folder, target)
+    output.publish(folder, target, config.output.overwrite)
     _log.info("published %s in %.1f s", target, seconds)
     return summary

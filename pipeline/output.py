@@ -3,7 +3,10 @@
 A run writes everything under ``<output>.staging`` and, once the pipeline succeeded, moves
 it to ``<output>`` and writes ``_SUCCESS`` last. A run killed midway leaves no ``_SUCCESS``,
 so nothing half-written ever looks finished; rerunning replaces the leftovers. An output
-that was published (has ``_SUCCESS``) is only replaced with ``overwrite``.
+that was published (has ``_SUCCESS`` and ``manifest.json``) is only replaced with
+``overwrite``; anything else at the output path (a file, a folder holding other files) is
+never deleted, with or without ``overwrite``: only an empty folder or a published run of
+this tool is replaced.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +29,13 @@ from apache_beam.metrics import Metrics
 from pipeline.timing import NAMESPACE
 
 SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
 STAGING_SUFFIX = ".staging"
 
 
 class OutputExistsError(FileExistsError):
-    """The output folder holds a published run and overwrite was not requested."""
+    """The output path holds something this run may not replace: a published run without
+    overwrite, or anything that is not a published run (a file, a folder of other files)."""
 
 
 def join(base: str, *parts: str) -> str:
@@ -42,10 +48,62 @@ def staging_path(output: str) -> str:
     return output.rstrip("/") + STAGING_SUFFIX
 
 
-def check_output(output: str, overwrite: bool) -> None:
-    """Refuse to start when ``output`` is a published run and ``overwrite`` is false."""
-    if FileSystems.exists(join(output, SUCCESS)) and not overwrite:
-        raise OutputExistsError(f"{output} holds a published run; pass --overwrite to replace it")
+def is_published_run(folder: str) -> bool:
+    """Whether ``folder`` is a run this tool published: it holds ``_SUCCESS`` and ``manifest.json``."""
+    return FileSystems.exists(join(folder, SUCCESS)) and FileSystems.exists(join(folder, MANIFEST))
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` is a file (an object, on object stores), not a folder.
+
+    A local folder also exists with a trailing slash; a file does not. On object stores a
+    "folder" is only a prefix, so ``path`` exists there only when an object has that name.
+    """
+    return FileSystems.exists(path) and not FileSystems.exists(path.rstrip("/") + "/")
+
+
+def _holds_files(folder: str) -> bool:
+    """Whether any file lies anywhere under ``folder`` (hidden files included)."""
+    return bool(FileSystems.match([join(folder, "**")], limits=[1])[0].metadata_list)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies under ``folder`` (both absolute paths or URLs)."""
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def check_output(output: str, overwrite: bool, inputs: Sequence[str] = ()) -> None:
+    """Refuse to start (or to publish) when writing ``output`` could destroy anything but an
+    earlier published run that ``overwrite`` allows to replace.
+
+    Publishing deletes what is at ``output``, so it must be absent, an empty folder, or a
+    published run (replaced only with ``overwrite``). ``prepare_staging`` deletes
+    ``<output>.staging`` as a killed run's leftovers; no input file may lie under either.
+
+    Raises
+    ------
+    OutputExistsError
+        With what was found and what to do instead.
+    """
+    for path in inputs:
+        for folder in (output, staging_path(output)):
+            if _inside(path, folder):
+                raise OutputExistsError(
+                    f"input file {path} is inside {folder}, which this run would delete; "
+                    "choose an --output outside the input folder"
+                )
+    if is_published_run(output):
+        if not overwrite:
+            raise OutputExistsError(f"{output} holds a published run; pass --overwrite to replace it")
+        return
+    never = "nothing but an empty folder or a published run of this tool is replaced, even with --overwrite"
+    if _is_file(output):
+        raise OutputExistsError(f"{output} is an existing file, not a run's output folder ({never}); choose another --output")
+    if _holds_files(output):
+        raise OutputExistsError(
+            f"{output} is a folder that holds files but is not a published run (no {SUCCESS} and {MANIFEST}); "
+            f"{never}: choose another --output, or move its files away yourself"
+        )
 
 
 def delete_tree(path: str) -> None:
@@ -68,8 +126,13 @@ def write_json(path: str, payload: Any) -> None:
         handle.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode("utf-8"))
 
 
-def publish(staging: str, output: str) -> None:
-    """Move the staging folder to ``output`` and mark it complete with ``_SUCCESS``."""
+def publish(staging: str, output: str, overwrite: bool) -> None:
+    """Move the staging folder to ``output`` and mark it complete with ``_SUCCESS``.
+
+    ``output`` is checked again (see :func:`check_output`) right before it is replaced: the
+    run took time, and something may have been written there meanwhile.
+    """
+    check_output(output, overwrite)
     delete_tree(output)
     FileSystems.rename([staging], [output])
     with FileSystems.create(join(output, SUCCESS)):

@@ -24,27 +24,44 @@ ID_COLUMN = {"user": "user_id", "item": "item_id"}
 TABLE = {"user": tables.USER_FACTORS, "item": tables.ITEM_FACTORS}
 
 
+class WarmStartError(ValueError):
+    """``input.init_from`` cannot warm-start this run: a configuration problem, found before
+    any work."""
+
+
 def check_previous_run(folder: str, config) -> None:
     """Fail before any work when ``folder`` cannot warm-start a run of ``config``.
 
     Raises
     ------
-    ValueError
-        The folder is not a published run, or its factor tables have another rank or id type.
+    WarmStartError
+        The folder is not a published run, lacks a factor table, or its factor tables have
+        another rank or id type.
     """
-    if not FileSystems.exists(output.join(folder, output.SUCCESS)):
-        raise ValueError(f"input.init_from: {folder} is not a published run (no {output.SUCCESS})")
+    if not output.is_published_run(folder):
+        raise WarmStartError(
+            f"input.init_from: {folder} is not a published run (no {output.SUCCESS} and {output.MANIFEST})"
+        )
     for side in ("user", "item"):
         expected = tables.schema_of(TABLE[side], config)
-        for path in output.table_paths(folder, TABLE[side])[:1]:
-            with FileSystems.open(path) as handle:
-                schema = pq.ParquetFile(handle).schema_arrow
-            rank = schema.field("factors").type.list_size if "factors" in schema.names else None
-            if rank != config.model.rank:
-                raise ValueError(f"input.init_from: {path} has factors of rank {rank}; this run has rank {config.model.rank}")
-            found, wanted = schema.field(ID_COLUMN[side]).type, expected.field(ID_COLUMN[side]).type
-            if found != wanted:
-                raise ValueError(f"input.init_from: {path} has {ID_COLUMN[side]} of type {found}; this run expects {wanted}")
+        paths = output.table_paths(folder, TABLE[side])
+        if not paths:
+            raise WarmStartError(f"input.init_from: {folder} has no {TABLE[side]} table")
+        with FileSystems.open(paths[0]) as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+        rank = schema.field("factors").type.list_size if "factors" in schema.names else None
+        if rank != config.model.rank:
+            raise WarmStartError(
+                f"input.init_from: {paths[0]} has factors of rank {rank}; this run has rank {config.model.rank}"
+            )
+        id_column = ID_COLUMN[side]
+        found = schema.field(id_column).type if id_column in schema.names else None
+        wanted = expected.field(id_column).type
+        if found != wanted:
+            raise WarmStartError(
+                f"input.init_from: {paths[0]} has {id_column} of type {found}; this run expects {wanted} "
+                f"(input.{side}_id_type: {getattr(config.input, f'{side}_id_type')})"
+            )
 
 
 def _split_by_block(table: pa.Table, side: str, n_blocks: int):

@@ -656,3 +656,53 @@ def test_manifest_tensorflow_version_without_importing_it(monkeypatch):
     assert _tensorflow_version() == tensorflow.__version__
     monkeypatch.delitem(sys.modules, "tensorflow")
     assert _tensorflow_version() == tensorflow.__version__
+
+
+# ----------------------------------------------------------------------------- 8. failed gate, Beam options
+
+
+def test_rejected_rows_stay_readable_when_the_gate_stops_the_run(bad_data, tmp_path):
+    """The error names the finalized rejected table under the staging folder, which holds every bad row."""
+    data, bad = bad_data
+    out = tmp_path / "out"
+    config = make_config(data, out, "validation.max_rejected_fraction=0.0", "model.max_iter=1", *IN_PROCESS)
+    rejected_folder = os.path.join(str(out) + ".staging", "rejected")
+    with pytest.raises(Exception, match="max_rejected_fraction") as error:
+        run(config)
+    assert f"in {rejected_folder}; nothing was published" in str(error.value)
+    assert not any(name.startswith("beam-temp") for name in os.listdir(rejected_folder))
+    rejected = pd.read_parquet(rejected_folder).sort_values("row")
+    assert list(zip(rejected["source"], rejected["row"], rejected["field"])) == bad
+    assert not out.exists()
+
+
+def test_manifest_records_the_beam_options_used(data, tmp_path):
+    """Command-line Beam options win over the config's and the manifest says so."""
+    from pipeline.cli import main
+
+    out = tmp_path / "cli-mt"
+    status = main([
+        "run", "--config", LOCAL_CONFIG, "--set", f"input.path={data.glob}",
+        "--set", "model.max_iter=1", "--set", f"model.rank={RANK}", "--output", str(out),
+        "--direct_running_mode=multi_threading", "--direct_num_workers=2", "--job_name=nightly",
+    ])
+    assert status == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["beam"] == {
+        "runner": "DirectRunner",
+        "options": {"direct_running_mode": "multi_threading", "direct_num_workers": 2, "job_name": "nightly"},
+    }
+
+
+def test_used_beam_section_takes_the_command_line_values():
+    """Config options keep their place with the command line's value (even a default one);
+    options only the command line names are added; the runner too."""
+    from pipeline.main import used_beam_section
+
+    config = load_config(LOCAL_CONFIG, ["beam.options.direct_num_workers=2"])
+    section = used_beam_section(config, ["--runner=FnApiRunner", "--direct_num_workers", "1", "--job_name=x"])
+    assert section == {
+        "runner": "FnApiRunner",
+        "options": {"direct_running_mode": "in_memory", "direct_num_workers": 1, "job_name": "x"},
+    }
+    assert used_beam_section(config, []) == {"runner": "DirectRunner", "options": dict(config.beam.options)}

@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.generate import generate_ratings, write_shards
 from pipeline.blocks import FactorBlock
 from pipeline.main import run
-from pipeline.output import SUCCESS, staging_path
+from pipeline.output import SUCCESS, OutputExistsError, publish, staging_path
 from pipeline.warm_start import warm_factors
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,3 +174,124 @@ def test_users_whose_ratings_were_all_held_out_are_evaluated_by_the_fallback(tmp
     assert users < 80  # some one-rating users were held out entirely
     assert np.isfinite(metrics["heldout_rmse"])
     assert metrics["heldout_ranked_users"] > 0
+
+
+# ----------------------------------------------------------------------------- output safety, empty input, warm-start errors
+
+
+@pytest.fixture
+def small_input(ratings, tmp_path) -> str:
+    """The ratings as two CSV shards under ``tmp_path / "in"``; returns their glob."""
+    write_shards([ratings], str(tmp_path / "in"), 2, "csv")
+    return str(tmp_path / "in" / "*.csv")
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (or ``path`` itself) with its bytes."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("kind", ["folder", "hidden_file", "file"])
+def test_output_that_is_not_a_published_run_is_never_replaced(small_input, tmp_path, kind, overwrite):
+    """A folder of other files (hidden ones too) or a plain file at the output path is refused,
+    even with overwrite; nothing in it changes and no staging folder is made."""
+    out = tmp_path / "mine"
+    if kind == "file":
+        out.write_text("keep")
+    else:
+        out.mkdir()
+        (out / ("important.txt" if kind == "folder" else ".env")).write_text("keep")
+    before = _snapshot(out)
+    extra = ["output.overwrite=true"] if overwrite else []
+    with pytest.raises(OutputExistsError, match="even with --overwrite") as error:
+        run(_config(tmp_path, small_input, "mine", *extra))
+    assert str(out) in str(error.value)
+    assert _snapshot(out) == before
+    assert not Path(staging_path(str(out))).exists()
+
+
+def test_output_folder_holding_the_input_is_refused_even_when_a_published_run(small_input, tmp_path):
+    """Inputs inside the output folder would be deleted by publishing: refused, inputs kept."""
+    inside = tmp_path / "in"
+    (inside / SUCCESS).write_text("")
+    (inside / "manifest.json").write_text("{}")
+    before = _snapshot(inside)
+    with pytest.raises(OutputExistsError, match="inside"):
+        run(_config(tmp_path, small_input, "in", "output.overwrite=true"))
+    assert _snapshot(inside) == before
+
+
+def test_empty_existing_output_folder_is_published_into(small_input, tmp_path):
+    (tmp_path / "out").mkdir()
+    run(_config(tmp_path, small_input, "out", "model.max_iter=1"))
+    assert (tmp_path / "out" / SUCCESS).exists() and (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_publish_checks_the_output_again(tmp_path):
+    """Files that appeared at the output while the run worked are not deleted by publish."""
+    staging = tmp_path / "out.staging"
+    staging.mkdir()
+    (staging / "table").write_text("new")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "late.txt").write_text("keep")
+    with pytest.raises(OutputExistsError):
+        publish(str(staging), str(tmp_path / "out"), overwrite=True)
+    assert (tmp_path / "out" / "late.txt").read_text() == "keep"
+    assert (staging / "table").read_text() == "new"
+
+
+def test_zero_accepted_ratings_fail_and_publish_nothing(tmp_path):
+    """A header-only file and an empty file: the run names the files and the pattern, publishes nothing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("user_id,item_id,rating,timestamp\n")
+    (tmp_path / "in" / "b.csv").write_text("")
+    glob = str(tmp_path / "in" / "*.csv")
+    with pytest.raises(ValueError, match=r"no ratings accepted from 2 files matching '.*in/\*\.csv': 0 rows read, 0 rejected"):
+        run(_config(tmp_path, glob, "out"))
+    assert not (tmp_path / "out").exists()
+    assert not list(Path(staging_path(str(tmp_path / "out")), "user_factors").glob("*.parquet"))
+
+
+def _published_run(folder: Path, rank: int, id_type: pa.DataType) -> None:
+    """A minimal published run: factor tables of ``rank`` with ``id_type`` ids, ``_SUCCESS`` and a manifest."""
+    import pyarrow.parquet as pq
+
+    for side in ("user", "item"):
+        (folder / f"{side}_factors").mkdir(parents=True)
+        table = pa.table({
+            f"{side}_id": pa.array(["1"] if id_type == pa.string() else [1], id_type),
+            "factors": pa.FixedSizeListArray.from_arrays(pa.array([0.5] * rank, pa.float32()), rank),
+            "bias": pa.array([0.0], pa.float32()),
+            "n_ratings": pa.array([1], pa.int64()),
+        })
+        pq.write_table(table, folder / f"{side}_factors" / "part-00000-of-00001.parquet")
+    (folder / "manifest.json").write_text("{}")
+    (folder / SUCCESS).write_text("")
+
+
+@pytest.mark.parametrize(
+    "previous, overrides, message",
+    [
+        (None, [], "is not a published run"),
+        ((8, pa.int64()), ["--set", "model.rank=4"], "has factors of rank 8; this run has rank 4"),
+        ((4, pa.string()), ["--set", "model.rank=4"], "has user_id of type string; this run expects int64"),
+    ],
+)
+def test_cli_reports_an_unusable_warm_start_as_a_config_error(small_input, tmp_path, capsys, previous, overrides, message):
+    """Exit status 2 and one ``error:`` line naming the problem; nothing is written."""
+    from pipeline.cli import main
+
+    previous_folder = tmp_path / "previous"
+    if previous is not None:
+        _published_run(previous_folder, *previous)
+    status = main([
+        "run", "--config", LOCAL_CONFIG, "--set", f"input.path={small_input}",
+        "--set", f"input.init_from={previous_folder}", *overrides, "--output", str(tmp_path / "out"),
+    ])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"error: input.init_from: {previous_folder}" in err and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not Path(staging_path(str(tmp_path / "out"))).exists()
