@@ -33,7 +33,8 @@ def deduplicate(table: pa.Table, policy: str = "latest") -> tuple[pa.Table, pa.T
     ----------
     table : pa.Table
         Ratings with ``user_id``, ``item_id``, ``source``, ``row`` and, for ``latest``,
-        optionally ``timestamp`` (see :func:`pipeline.schemas.ratings_schema`).
+        optionally ``timestamp`` (see :func:`pipeline.schemas.ratings_schema`), compared as
+        stored: :mod:`pipeline.validate` gives microseconds since the epoch, whatever the input.
     policy : {'latest', 'first', 'last'}, default='latest'
         Which row of a pair survives (see :data:`POLICIES`).
 
@@ -53,7 +54,8 @@ def deduplicate(table: pa.Table, policy: str = "latest") -> tuple[pa.Table, pa.T
         raise ValueError(f"dedup policy must be one of {list(POLICIES)}; got {policy!r}")
     keys = {name: table.column(name) for name in (schemas.USER_ID, schemas.ITEM_ID)}
     if policy == "latest" and schemas.TIMESTAMP in table.column_names:
-        # A null timestamp sorts as the oldest.
+        # A null timestamp sorts as the oldest: validated timestamps (int64 microseconds, see
+        # pipeline.validate) never take int64's smallest value, which stands for null here.
         keys[schemas.TIMESTAMP] = pc.fill_null(table.column(schemas.TIMESTAMP), np.iinfo(np.int64).min)
     keys.update({name: table.column(name) for name, _ in _READ_ORDER})
     order = pc.sort_indices(pa.table(keys), sort_keys=[(name, "ascending") for name in keys]).to_numpy()

@@ -75,8 +75,8 @@ def ratings_schema(user_id_type: str = "int", item_id_type: str = "int") -> pa.S
     Returns
     -------
     pa.Schema
-        ``user_id``, ``item_id``, ``rating`` (float32), ``timestamp`` (int64, null when the
-        input has none), ``source`` (the file path as matched) and ``row`` (1-based line number
+        ``user_id``, ``item_id``, ``rating`` (float32), ``timestamp`` (int64 microseconds
+        since the epoch, null when the input has none), ``source`` (the file path as matched) and ``row`` (1-based line number
         in a CSV/TSV file, the header being line 1; 1-based row number in a Parquet file).
     """
     return pa.schema(

@@ -13,12 +13,19 @@ any                ``not valid UTF-8`` (value: the bytes, ``\xNN``-escaped)
 ids, rating        ``user_id is empty`` (blank text), ``user_id is missing`` (null)
 int ids            ``user_id must be an integer in the int64 range; got '99999999999999999999'``
 rating             ``rating must be a finite number in [0.5, 5.0]; got '-3'``
-timestamp          ``timestamp must be an integer in the int64 range; got 'yesterday'``
+timestamp          ``timestamp must be an integer number of seconds since the epoch, at most
+                   9223372036854 in magnitude; got 'yesterday'`` (text and integer columns)
+typed timestamp    ``timestamp must fit in int64 microseconds since the epoch; got
+                   '10000000000000' (timestamp[s])`` (value: the stored integer)
 =================  =====================================================================
 
-Text values are trimmed of surrounding whitespace before parsing; a blank or null timestamp
-is allowed and stored as null. Everything is vectorised with ``pyarrow.compute`` and numpy;
-only a column holding invalid UTF-8 is decoded value by value.
+Text values are trimmed of surrounding whitespace before parsing; integers are decimal
+(``[+-]?[0-9]+``: no hexadecimal, no digit separators). A blank or null timestamp is allowed
+and stored as null. Timestamps are stored as int64 **microseconds** since the epoch, so that
+duplicates are ordered by time exactly whatever the input form: text and integer columns hold
+seconds, timestamp columns keep their milliseconds and microseconds (nanoseconds are cut to
+microseconds). Everything is vectorised with ``pyarrow.compute`` and numpy; only a column
+holding invalid UTF-8 is decoded value by value.
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ _INT = r"^[+-]?[0-9]+$"
 _FLOAT = r"^[+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?|(?i:nan|inf|infinity))$"
 _INT64_MAX_DIGITS = "9223372036854775807"
 _INT64_MIN_DIGITS = "9223372036854775808"
+_INT64_MAX = np.iinfo(np.int64).max
+_DECIMAL_BYTES = (ord("+"), ord("9"))
+"""The bytes ``+`` to ``9`` (``+,-./`` and the digits): decimal integer text has no others,
+while hexadecimal (``0x10``), exponents, ``_``, spaces and non-ASCII digits all do."""
+_MICROS_PER_TICK = {"s": 1_000_000, "ms": 1_000, "us": 1}
+"""Timestamp units converted to microseconds by multiplying (nanoseconds are divided)."""
+_MAX_SECONDS = _INT64_MAX // _MICROS_PER_TICK["s"]
 
 
 @dataclass(frozen=True)
@@ -331,18 +345,37 @@ def _decode_each(column: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
     return pa.array(text, pa.string()), pa.array(shown, pa.string()), bad
 
 
+def _text_bytes(text: pa.Array) -> np.ndarray:
+    """The bytes of every value of a string array, end to end (a view, nothing copied)."""
+    if not len(text):
+        return np.empty(0, np.uint8)
+    _, offsets, data = text.buffers()
+    offset_type = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    bounds = np.frombuffer(offsets, offset_type)[text.offset : text.offset + len(text) + 1]
+    if data is None or bounds[-1] == bounds[0]:
+        return np.empty(0, np.uint8)
+    return np.frombuffer(data, np.uint8)[bounds[0] : bounds[-1]]
+
+
 def _parse_int64(trimmed: pa.Array, pending: np.ndarray) -> tuple[pa.Array, np.ndarray]:
     """Parse decimal integer text; returns the values (0 where invalid) and the valid mask.
 
-    Only the ``pending`` rows (not rejected yet) matter: when all of them parse with a plain
-    cast, that is the answer; otherwise the text is checked by pattern and digit count.
+    The rule is the slow path's: the :data:`_INT` pattern and an int64 digit count. Only the
+    ``pending`` rows (not rejected yet) matter. Fast path: when all of them hold only the
+    bytes ``+`` to ``9`` (two reductions, no pattern matching) and parse with a plain cast,
+    that is the answer. The byte check is what keeps the rule: the cast alone also reads
+    ``0x10`` as 16, so without it such a value would be accepted or rejected depending on
+    the other rows of its batch.
     """
-    try:
-        values = pc.cast(pc.if_else(pa.array(pending), trimmed, "0"), pa.int64())
-    except pa.ArrowInvalid:
-        pass
-    else:
-        return values, pending.copy()
+    candidates = pc.if_else(pa.array(pending), trimmed, "0")
+    text_bytes = _text_bytes(candidates)
+    if not text_bytes.size or (text_bytes.min() >= _DECIMAL_BYTES[0] and text_bytes.max() <= _DECIMAL_BYTES[1]):
+        try:
+            values = pc.cast(candidates, pa.int64())
+        except pa.ArrowInvalid:
+            pass
+        else:
+            return values, pending.copy()
     digits = pc.replace_substring_regex(trimmed, r"^[+-]?0*", "")
     n_digits = pc.binary_length(digits)
     limit = pc.if_else(pc.starts_with(trimmed, "-"), _INT64_MIN_DIGITS, _INT64_MAX_DIGITS)
@@ -358,13 +391,22 @@ def _parse_int64(trimmed: pa.Array, pending: np.ndarray) -> tuple[pa.Array, np.n
 def _parse_float64(trimmed: pa.Array, pending: np.ndarray) -> pa.Array:
     """Parse decimal number text (``nan`` and ``inf`` included); null where it is not a number.
 
-    As in :func:`_parse_int64`, a plain cast of the ``pending`` rows is tried first.
+    The rule is the :data:`_FLOAT` pattern. As in :func:`_parse_int64`, a plain cast of the
+    ``pending`` rows is tried first; the cast also reads ``nan(...)`` as NaN, so the values
+    it gives as NaN (rare: they are rejected anyway) are checked against the pattern.
     """
     try:
-        return pc.cast(pc.if_else(pa.array(pending), trimmed, "0"), pa.float64())
+        values = pc.cast(pc.if_else(pa.array(pending), trimmed, "0"), pa.float64())
     except pa.ArrowInvalid:
         is_number = pc.fill_null(pc.match_substring_regex(trimmed, _FLOAT), False)
         return pc.cast(pc.if_else(is_number, trimmed, pa.scalar(None, pa.string())), pa.float64())
+    is_nan = pc.is_nan(values)
+    if not pc.any(is_nan).as_py():
+        return values
+    nan = np.flatnonzero(_mask(is_nan))
+    not_number = np.zeros(len(values), dtype=bool)
+    not_number[nan] = ~_mask(pc.match_substring_regex(trimmed.take(nan), _FLOAT))
+    return pc.if_else(pa.array(not_number), pa.scalar(None, pa.float64()), values)
 
 
 def _integers_as_int64(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -415,16 +457,68 @@ def _check_rating(column: pa.Array, settings: ValidationSettings, rejections: _R
 
 
 def _check_timestamp(column: pa.Array, rejections: _Rejections) -> pa.Array:
+    """The timestamps as int64 microseconds since the epoch (null where blank or null).
+
+    Text and integer columns hold seconds; timestamp columns (Parquet) keep their resolution
+    down to the microsecond, so that ``duplicates: latest`` orders ratings less than a second
+    apart correctly. Values too far from the epoch for int64 microseconds are rejected.
+    """
     field = schemas.TIMESTAMP
-    expectation = f"{field} must be an integer in the int64 range"
     if pa.types.is_timestamp(column.type):
-        return pc.cast(pc.cast(column, pa.timestamp("s"), safe=False), pa.int64())
+        return _timestamp_micros(column, rejections)
+    expectation = f"{field} must be an integer number of seconds since the epoch, at most {_MAX_SECONDS} in magnitude"
     if not schemas.is_text_type(column.type):
-        values, fits = _integers_as_int64(column)
-        rejections.reject(~fits, field, f"{field}_not_int64", column.cast(pa.string()), _got(expectation))
-        return values
-    text, trimmed = _text(column, field, rejections, allow_null=True)
-    blank = pc.fill_null(pc.equal(trimmed, ""), True)
-    values, ok = _parse_int64(pc.if_else(blank, "0", trimmed), rejections.ok)
-    rejections.reject(~(ok | _mask(blank)), field, f"{field}_not_int64", text, _got(expectation))
-    return pc.if_else(blank, pa.scalar(None, pa.int64()), values)
+        shown = column.cast(pa.string())
+        seconds, fits = _integers_as_int64(column)
+        rejections.reject(~fits, field, f"{field}_not_int64", shown, _got(expectation))
+    else:
+        shown, trimmed = _text(column, field, rejections, allow_null=True)
+        blank = pc.fill_null(pc.equal(trimmed, ""), True)
+        seconds, ok = _parse_int64(pc.if_else(blank, "0", trimmed), rejections.ok)
+        rejections.reject(~(ok | _mask(blank)), field, f"{field}_not_int64", shown, _got(expectation))
+        seconds = pc.if_else(blank, pa.scalar(None, pa.int64()), seconds)
+    micros, fits = _to_micros(seconds, _MICROS_PER_TICK["s"])
+    rejections.reject(~fits, field, f"{field}_out_of_range", shown, _got(expectation))
+    return micros
+
+
+def _timestamp_micros(column: pa.Array, rejections: _Rejections) -> pa.Array:
+    """A timestamp column (any unit; any time zone, as Arrow stores UTC) as int64 microseconds.
+
+    Nanoseconds are cut to microseconds (toward zero, which keeps the order); seconds and
+    milliseconds too far from the epoch to fit are rejected, showing the stored integer.
+    """
+    ticks = pc.cast(column, pa.int64())
+    if column.type.unit == "ns":
+        return pc.divide(ticks, 1_000)
+    micros, fits = _to_micros(ticks, _MICROS_PER_TICK[column.type.unit])
+    if not fits.all():
+        field = schemas.TIMESTAMP
+        rejections.reject(
+            ~fits,
+            field,
+            f"{field}_out_of_range",
+            ticks.cast(pa.string()),
+            lambda values: pc.binary_join_element_wise(
+                f"{field} must fit in int64 microseconds since the epoch; got '", values, f"' ({column.type})", ""
+            ),
+        )
+    return micros
+
+
+def _to_micros(ticks: pa.Array, micros_per_tick: int) -> tuple[pa.Array, np.ndarray]:
+    """``ticks * micros_per_tick`` (0 where it would not fit in int64, null where null) and
+    the mask of the rows where it fits.
+
+    The range is symmetric, so int64's smallest value is never a valid timestamp: it stays
+    free for :func:`pipeline.dedup.deduplicate` to stand for a null (older than any other).
+    """
+    limit = _INT64_MAX // micros_per_tick
+    bounds = pc.min_max(ticks)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None or (low >= -limit and high <= limit):
+        fits = np.ones(len(ticks), dtype=bool)
+    else:
+        fits = _mask(pc.fill_null(pc.and_(pc.greater_equal(ticks, -limit), pc.less_equal(ticks, limit)), True))
+        ticks = pc.if_else(pa.array(fits), ticks, 0)
+    return (ticks if micros_per_tick == 1 else pc.multiply(ticks, micros_per_tick)), fits

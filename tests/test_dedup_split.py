@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schemas
 from pipeline.dedup import deduplicate
+from pipeline.read import ReadSettings, read_file
 from pipeline.split import pair_hash, split_holdout
+from pipeline.validate import ValidationSettings, validate_batch
 
 
 def _ratings(rows: list[tuple], id_type: str = "int") -> pa.Table:
@@ -62,6 +65,37 @@ def test_first_and_last_follow_the_read_order_and_ignore_timestamps():
 def test_latest_without_a_timestamp_column_is_last():
     no_timestamps = DUPLICATES.drop_columns(["timestamp"])
     assert _kept_ratings(no_timestamps, "latest") == _kept_ratings(DUPLICATES, "last")
+
+
+@pytest.mark.parametrize("newer_first", [False, True])
+@pytest.mark.parametrize(("unit", "per_second"), [("ms", 1_000), ("us", 1_000_000), ("ns", 1_000_000_000)])
+def test_latest_orders_parquet_timestamps_within_a_second(tmp_path, unit, per_second, newer_first):
+    # Two ratings of one pair 0.8 s apart, in the same second: the newer one (5.0) is kept,
+    # whichever is read last and whatever integer-seconds timestamp another row has.
+    ratings = [(5.0, 1600000000 * per_second + 9 * per_second // 10), (1.0, 1600000000 * per_second + per_second // 10)]
+    if not newer_first:
+        ratings.reverse()
+    path = str(tmp_path / "r.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [1, 1, 2],
+                "item_id": [2, 2, 2],
+                "rating": [r for r, _ in ratings] + [3.0],
+                "timestamp": pa.array([t for _, t in ratings] + [1600000000 * per_second], pa.timestamp(unit)),
+            }
+        ),
+        path,
+    )
+    settings = ReadSettings(path=path, format="parquet", timestamp_column="timestamp")
+    valid, rejected = validate_batch(pa.concat_tables(read_file(path, settings)), ValidationSettings())
+    assert rejected.num_rows == 0
+    kept, dropped = deduplicate(valid, "latest")
+    assert kept.select(["user_id", "rating"]).to_pylist() == [
+        {"user_id": 1, "rating": 5.0},
+        {"user_id": 2, "rating": 3.0},
+    ]
+    assert dropped.column("rating").to_pylist() == [1.0]
 
 
 def test_string_ids_and_empty_input():

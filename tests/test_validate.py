@@ -20,6 +20,7 @@ from pipeline.validate import ValidateRatings, ValidationSettings, check_rejecte
 DEFECTS = str(pathlib.Path(__file__).parent / "fixtures" / "ratings_defects.csv")
 RANGE = "must be a finite number in [0.5, 5.0]"
 INT64 = "must be an integer in the int64 range"
+SECONDS = "must be an integer number of seconds since the epoch, at most 9223372036854 in magnitude"
 
 # Line of ratings_defects.csv -> (field, value, reason); every other data line is valid.
 EXPECTED_REJECTIONS = {
@@ -34,14 +35,15 @@ EXPECTED_REJECTIONS = {
     11: ("item_id", "\\xff\\xfe", "not valid UTF-8"),
     12: ("user_id", "99999999999999999999", f"user_id {INT64}; got '99999999999999999999'"),
     13: ("user_id", "x7", f"user_id {INT64}; got 'x7'"),
-    15: ("timestamp", "yesterday", f"timestamp {INT64}; got 'yesterday'"),
+    15: ("timestamp", "yesterday", f"timestamp {SECONDS}; got 'yesterday'"),
     17: ("<line>", "6,13,2.0,1012,extra", "expected 4 columns, got 5"),
 }
+# Timestamps in microseconds: the file's are seconds.
 EXPECTED_VALID = [
-    (1, 10, 4.0, 1000, 2),
-    (5, 10, 4.5, 1011, 14),
+    (1, 10, 4.0, 1000_000000, 2),
+    (5, 10, 4.5, 1011_000000, 14),
     (5, 12, 0.5, None, 16),
-    (9223372036854775807, 14, 1.0, 1013, 18),
+    (9223372036854775807, 14, 1.0, 1013_000000, 18),
 ]
 
 
@@ -184,8 +186,8 @@ def test_timestamps_may_be_blank_or_absent():
     valid, rejected = validate_batch(
         _text_batch(["1"] * 4, ["2"] * 4, ["3"] * 4, ["", " 5 ", "-1", "5.5"]), ValidationSettings()
     )
-    assert valid.column("timestamp").to_pylist() == [None, 5, -1]
-    assert _reasons(rejected) == [(5, "timestamp", "5.5", f"timestamp {INT64}; got '5.5'")]
+    assert valid.column("timestamp").to_pylist() == [None, 5_000_000, -1_000_000]
+    assert _reasons(rejected) == [(5, "timestamp", "5.5", f"timestamp {SECONDS}; got '5.5'")]
     valid, _ = validate_batch(_text_batch(["1"], ["2"], ["3"]), ValidationSettings())
     assert valid.column("timestamp").to_pylist() == [None]
     assert valid.schema == schemas.ratings_schema()
@@ -204,9 +206,9 @@ def test_typed_columns_from_parquet():
     )
     valid, rejected = validate_batch(raw, ValidationSettings())
     assert valid.to_pylist() == [
-        {"user_id": 1, "item_id": 10, "rating": 4.5, "timestamp": 1, "source": "f.parquet", "row": 1},
+        {"user_id": 1, "item_id": 10, "rating": 4.5, "timestamp": 1_000_000, "source": "f.parquet", "row": 1},
         {"user_id": 6, "item_id": 15, "rating": 2.0, "timestamp": None, "source": "f.parquet", "row": 6},
-        {"user_id": 7, "item_id": 16, "rating": 3.0, "timestamp": 2, "source": "f.parquet", "row": 7},
+        {"user_id": 7, "item_id": 16, "rating": 3.0, "timestamp": 2_500_000, "source": "f.parquet", "row": 7},
     ]
     assert _reasons(rejected) == [
         (2, "user_id", None, "user_id is missing"),
@@ -214,6 +216,178 @@ def test_typed_columns_from_parquet():
         (4, "rating", None, "rating is missing"),
         (5, "rating", "5.5", f"rating {RANGE}; got '5.5'"),
     ]
+
+
+# Integer spellings -> the value when valid (the ``_INT`` pattern within int64), else None.
+# Arrow's string-to-int64 cast reads several of the invalid ones (hexadecimal).
+INTEGER_SPELLINGS = {
+    "+7": 7,
+    "-0": 0,
+    "+0": 0,
+    "007": 7,
+    " 12 ": 12,
+    "\t5\u00a0": 5,
+    "9223372036854775807": 9223372036854775807,
+    "-9223372036854775808": -9223372036854775808,
+    "0x10": None,
+    "0X1F": None,
+    "0x7fffffffffffffff": None,
+    "0xffffffffffffffff": None,
+    "-0x10": None,
+    "0x": None,
+    "0b1": None,
+    "0o7": None,
+    "1_000": None,
+    "1 000": None,
+    "1,000": None,
+    "1/2": None,
+    "1.0": None,
+    "1e3": None,
+    "--1": None,
+    "+-1": None,
+    "1-": None,
+    "\uff11\uff12": None,  # full-width digits
+    "\u0663": None,  # Arabic-Indic digit three
+    "9223372036854775808": None,
+}
+
+
+@pytest.mark.parametrize("spelling", list(INTEGER_SPELLINGS))
+@pytest.mark.parametrize("invalid_neighbour", [False, True], ids=["clean-batch", "with-invalid-row"])
+def test_integer_ids_follow_the_pattern_whatever_else_is_in_the_batch(spelling, invalid_neighbour):
+    # A clean batch tries the fast path (one cast), an invalid row forces the pattern check:
+    # the value must get the same outcome either way.
+    users = [spelling, "16"] + (["abc"] if invalid_neighbour else [])
+    valid, rejected = validate_batch(_text_batch(users, ["1"] * len(users), ["3"] * len(users)), ValidationSettings())
+    expected = INTEGER_SPELLINGS[spelling]
+    got = [r for r in _reasons(rejected) if r[0] == 2]
+    if expected is None:
+        assert got == [(2, "user_id", spelling, f"user_id {INT64}; got '{spelling}'")]
+        assert valid.column("user_id").to_pylist() == [16]
+    else:
+        assert got == []
+        assert valid.column("user_id").to_pylist() == [expected, 16]
+
+
+@pytest.mark.parametrize("invalid_neighbour", [False, True], ids=["clean-batch", "with-invalid-row"])
+def test_hexadecimal_ids_and_timestamps_are_rejected_whatever_else_is_in_the_batch(invalid_neighbour):
+    # The reviewer's file: 0x10 must not become user 16, nor 0x20 the time 32.
+    rows = [("0x10", "2", "3", "0x20"), ("16", "3", "4", "5"), ("17", "2", "5", "6"), ("18", "4", "2", "0X20")]
+    if invalid_neighbour:
+        rows.append(("abc", "1", "1", "1"))
+    valid, rejected = validate_batch(_text_batch(*map(list, zip(*rows))), ValidationSettings())
+    assert valid.select(["user_id", "timestamp"]).to_pylist() == [
+        {"user_id": 16, "timestamp": 5_000_000},
+        {"user_id": 17, "timestamp": 6_000_000},
+    ]
+    assert _reasons(rejected)[:2] == [
+        (2, "user_id", "0x10", f"user_id {INT64}; got '0x10'"),
+        (5, "timestamp", "0X20", f"timestamp {SECONDS}; got '0X20'"),
+    ]
+
+
+@pytest.mark.parametrize("invalid_neighbour", [False, True], ids=["clean-batch", "with-invalid-row"])
+def test_ratings_that_the_cast_reads_as_nan_follow_the_pattern(invalid_neighbour):
+    # Arrow reads 'nan(1)' as NaN; the pattern does not take it as a number at all.
+    ratings = ["nan(1)", "NaN", "4"] + (["abc"] if invalid_neighbour else [])
+    n = len(ratings)
+    valid, rejected, counts = validate._validate(_text_batch(["1"] * n, ["2"] * n, ratings), ValidationSettings())
+    assert valid.column("rating").to_pylist() == [4.0]
+    assert _reasons(rejected)[:2] == [
+        (2, "rating", "nan(1)", f"rating {RANGE}; got 'nan(1)'"),
+        (3, "rating", "NaN", f"rating {RANGE}; got 'NaN'"),
+    ]
+    assert counts == {"rating_not_a_number": 1 + invalid_neighbour, "rating_not_finite": 1}
+
+
+def test_text_and_integer_timestamps_are_seconds_stored_as_microseconds():
+    seconds = ["9223372036854", "-9223372036854", "9223372036855", "-9223372036855", "1600000000"]
+    valid, rejected, counts = validate._validate(
+        _text_batch(["1"] * 5, ["2"] * 5, ["3"] * 5, seconds), ValidationSettings()
+    )
+    assert valid.column("timestamp").to_pylist() == [9223372036854000000, -9223372036854000000, 1600000000000000]
+    assert _reasons(rejected) == [
+        (4, "timestamp", "9223372036855", f"timestamp {SECONDS}; got '9223372036855'"),
+        (5, "timestamp", "-9223372036855", f"timestamp {SECONDS}; got '-9223372036855'"),
+    ]
+    assert counts == {"timestamp_out_of_range": 2}
+    raw = pa.table(
+        {
+            "user_id": [1, 2, 3],
+            "item_id": [1, 1, 1],
+            "rating": [3.0, 3.0, 3.0],
+            "timestamp": pa.array([1600000000, 2**62, 2**63], pa.uint64()),
+            "source": ["f.parquet"] * 3,
+            "row": pa.array([1, 2, 3], pa.int64()),
+        }
+    )
+    valid, rejected, counts = validate._validate(raw, ValidationSettings())
+    assert valid.column("timestamp").to_pylist() == [1600000000000000]
+    assert _reasons(rejected) == [
+        (2, "timestamp", str(2**62), f"timestamp {SECONDS}; got '{2**62}'"),
+        (3, "timestamp", str(2**63), f"timestamp {SECONDS}; got '{2**63}'"),
+    ]
+    assert counts == {"timestamp_out_of_range": 1, "timestamp_not_int64": 1}
+
+
+@pytest.mark.parametrize(
+    ("arrow_type", "ticks", "micros"),
+    [
+        (pa.timestamp("s"), [1600000000, -1], [1600000000_000000, -1_000000]),
+        (pa.timestamp("ms"), [1600000000_900, 1600000000_100], [1600000000_900000, 1600000000_100000]),
+        (pa.timestamp("ms", tz="Europe/Paris"), [1600000000_900, -1], [1600000000_900000, -1000]),
+        (pa.timestamp("us"), [1600000000_000001, -(2**63) + 1], [1600000000_000001, -(2**63) + 1]),
+        (pa.timestamp("ns"), [1600000000_000001_999, -1_999], [1600000000_000001, -1]),
+    ],
+)
+def test_typed_timestamps_keep_their_resolution_down_to_microseconds(arrow_type, ticks, micros):
+    raw = pa.table(
+        {
+            "user_id": [1, 2, 3],
+            "item_id": [1, 1, 1],
+            "rating": [3.0, 3.0, 3.0],
+            "timestamp": pa.array(ticks + [None], arrow_type),
+            "source": ["f.parquet"] * 3,
+            "row": pa.array([1, 2, 3], pa.int64()),
+        }
+    )
+    valid, rejected = validate_batch(raw, ValidationSettings())
+    assert rejected.num_rows == 0
+    assert valid.column("timestamp").to_pylist() == micros + [None]
+
+
+def test_typed_timestamps_beyond_int64_microseconds_are_rejected():
+    limit = 9223372036854  # seconds
+    cases = [
+        (pa.timestamp("s"), [limit, -limit, limit + 1, -limit - 1]),
+        (pa.timestamp("ms"), [limit * 1000 + 775, -limit * 1000 - 775, limit * 1000 + 776, -limit * 1000 - 776]),
+        # int64's smallest value stays free: deduplicate uses it for null timestamps.
+        (pa.timestamp("us"), [2**63 - 1, -(2**63) + 1, 1, -(2**63)]),
+    ]
+    for arrow_type, ticks in cases:
+        raw = pa.table(
+            {
+                "user_id": [1, 2, 3, 4],
+                "item_id": [1, 1, 1, 1],
+                "rating": [3.0] * 4,
+                "timestamp": pa.array(ticks, arrow_type),
+                "source": ["f.parquet"] * 4,
+                "row": pa.array([1, 2, 3, 4], pa.int64()),
+            }
+        )
+        valid, rejected, counts = validate._validate(raw, ValidationSettings())
+        assert valid.column("row").to_pylist() == [1, 2] + ([3] if arrow_type.unit == "us" else []), arrow_type
+        bad = [3, 4] if arrow_type.unit != "us" else [4]
+        assert _reasons(rejected) == [
+            (
+                row,
+                "timestamp",
+                str(ticks[row - 1]),
+                f"timestamp must fit in int64 microseconds since the epoch; got '{ticks[row - 1]}' ({arrow_type})",
+            )
+            for row in bad
+        ], arrow_type
+        assert counts == {"timestamp_out_of_range": len(bad)}
 
 
 def test_typed_float_ratings_reject_nan_and_integer_ids_become_strings():
