@@ -34,6 +34,8 @@ setup(
         "apache-beam>=2.60",
         "pyarrow>=14,<26",
         "pyyaml>=6",
+        # Read directly (not only through Beam) to detect truncated zstd input.
+        "zstandard>=0.18",
         "matplotlib>=3.8",
     ],
     extras_require={

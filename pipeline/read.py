@@ -3,30 +3,38 @@
 Files are matched with Beam's ``FileSystems`` (local paths, ``gs://``, ``s3://`` with the
 matching extras) and each one is read whole by one ``DoFn`` call, with pyarrow:
 
-- CSV/TSV: the (possibly compressed) text is cut into blocks of whole lines and each block is
-  parsed by ``pyarrow.csv`` with every column read as ``binary``, so validation sees the raw
-  text, invalid UTF-8 included. Lines with the wrong number of columns come out as rows with a
-  ``parse_error`` and their ``raw_line``;
+- CSV/TSV: the (possibly compressed) text is cut into blocks of whole records (RFC 4180: a
+  quoted value may hold delimiters and line breaks) and each block is parsed by ``pyarrow.csv``
+  with every column read as ``binary``, so validation sees the raw text, invalid UTF-8
+  included. Blank lines are not rows. Records with the wrong number of columns (with a header),
+  or without every configured position (without one: extra columns are fine), come out as rows
+  with a ``parse_error`` and their ``raw_line``. A quoted value still open at the end of the
+  file rejects its first line, and reading resumes at the next line;
 - Parquet: ``ParquetFile.iter_batches`` over the configured columns, in the file's types.
 
 Each emitted batch holds the configured columns renamed to their canonical names (see
 :mod:`pipeline.schemas`), plus ``source`` (the path as matched), ``row`` (1-based line number,
-the header being line 1, for CSV/TSV; 1-based row number for Parquet), ``parse_error`` and
-``raw_line``. Line numbers are physical lines as long as no quoted value spans lines.
+the header being line 1, of the record's first line for CSV/TSV; 1-based row number for
+Parquet), ``parse_error`` and ``raw_line``.
 
-Structural problems (no file matches, a header or Parquet schema without a configured column,
-a Parquet column of an unusable type) raise :class:`InputStructureError` while the pipeline is
-being built, before any work runs.
+Structural problems (no file matches, a header or Parquet schema without a configured column
+or naming one twice, a Parquet column of an unusable type, a file that is not Parquet) raise
+:class:`InputStructureError` while the pipeline is being built, before any work runs. A
+compressed file that is truncated or corrupt raises it when read: its rows cannot all be known.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
 import dataclasses
+import itertools
 import logging
+import lzma
 import typing
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
@@ -36,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -58,13 +67,25 @@ SETTING_OF_COLUMN = {
     schemas.TIMESTAMP: "timestamp_column",
 }
 _BOM = b"\xef\xbb\xbf"
+_QUOTE = b'"'
 _CHECK_THREADS = 16
+_COMPRESSED_READ_BYTES = 1 << 20
+_DECOMPRESSORS: dict[str, Callable[[], typing.Any]] = {
+    CompressionTypes.GZIP: lambda: zlib.decompressobj(zlib.MAX_WBITS | 16),
+    CompressionTypes.DEFLATE: zlib.decompressobj,
+    CompressionTypes.BZIP2: bz2.BZ2Decompressor,
+    CompressionTypes.LZMA: lzma.LZMADecompressor,
+    # The window limit Beam's CompressedFile uses, so that the same files stay readable.
+    CompressionTypes.ZSTD: lambda: zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj(),
+}
+_DECOMPRESSION_ERRORS = (zlib.error, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
 _log = logging.getLogger(__name__)
 
 
 class InputStructureError(ValueError):
-    """An input file cannot be read as configured: a configured column is missing or unusable."""
+    """An input file cannot be read as configured: a configured column is missing, duplicated or
+    unusable, or the file is corrupt (not Parquet, truncated or corrupt compressed data)."""
 
 
 @dataclass(frozen=True)
@@ -244,14 +265,84 @@ def _check_file(path: str, settings: ReadSettings) -> None:
             if parquet is not None:
                 _parquet_columns(parquet.schema_arrow, settings, path)
         return
+    if not settings.header:
+        return  # without a header, each record is checked for the configured positions when read
     first_line = _first_line(path, settings)
     if first_line is not None:
-        _delimited_positions(first_line, settings, path)
+        _header_layout(first_line, settings, path)
 
 
-def _open(path: str, settings: ReadSettings) -> BinaryIO:
-    compression = CompressionTypes.UNCOMPRESSED if settings.format == "parquet" else COMPRESSIONS[settings.compression]
-    return FileSystems.open(path, compression_type=compression)
+@contextlib.contextmanager
+def _open(path: str, settings: ReadSettings) -> Iterator[BinaryIO | _DecompressedFile]:
+    """The text of a CSV/TSV file, decompressed as configured (``auto``: from the extension).
+
+    The raw bytes come through Beam's ``FileSystems`` (local, ``gs://``, ``s3://``) but are
+    decompressed here: Beam's ``CompressedFile`` stops silently where the data stops, so a
+    truncated file would read as a shorter, complete one.
+    """
+    compression = COMPRESSIONS[settings.compression]
+    if compression == CompressionTypes.AUTO:
+        compression = CompressionTypes.detect_compression_type(path)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        yield raw if compression == CompressionTypes.UNCOMPRESSED else _DecompressedFile(raw, compression, path)
+
+
+class _DecompressedFile:
+    """Read-only view of the decompressed bytes of ``raw`` that fails at a truncated or corrupt stream.
+
+    Concatenated streams (several gzip members, bzip2 streams or zstd frames) read as one, as
+    with ``gzip.open``; an empty file reads as empty.
+    """
+
+    def __init__(self, raw: BinaryIO, compression: str, path: str):
+        self._raw = raw
+        self._compression = compression
+        self._path = path
+        self._decompressor = _DECOMPRESSORS[compression]()
+        self._started = False
+        self._pending = b""
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` decompressed bytes; ``b""`` at the end of the data."""
+        parts = [self._pending]
+        n = len(self._pending)
+        while n < size and (chunk := self._next_chunk()):
+            parts.append(chunk)
+            n += len(chunk)
+        data = b"".join(parts)
+        self._pending = data[size:]
+        return data[:size] if self._pending else data
+
+    def _next_chunk(self) -> bytes:
+        """The next decompressed bytes (possibly few), ``b""`` once the last stream has ended.
+
+        Raises
+        ------
+        InputStructureError
+            If the data stops inside a stream, or is not valid compressed data.
+        """
+        while True:
+            if self._decompressor.eof:
+                data = self._decompressor.unused_data or self._raw.read(_COMPRESSED_READ_BYTES)
+                if not data:
+                    return b""
+                self._decompressor = _DECOMPRESSORS[self._compression]()
+            else:
+                data = self._raw.read(_COMPRESSED_READ_BYTES)
+                if not data:
+                    if self._started:
+                        raise InputStructureError(
+                            f"{self._path}: {self._compression} data ends before the end of its stream "
+                            "(truncated file?)"
+                        )
+                    return b""
+            self._started = True
+            try:
+                decompressed = self._decompressor.decompress(data)
+            except _DECOMPRESSION_ERRORS as error:
+                raise InputStructureError(f"{self._path}: corrupt {self._compression} data: {error}") from None
+            if decompressed:
+                return decompressed
 
 
 def _first_line(path: str, settings: ReadSettings) -> bytes | None:
@@ -268,15 +359,44 @@ def _first_line(path: str, settings: ReadSettings) -> bytes | None:
     return head.removeprefix(_BOM).split(b"\n", 1)[0].removesuffix(b"\r")
 
 
-def _delimited_positions(first_line: bytes, settings: ReadSettings, path: str) -> tuple[int, dict[str, int]]:
-    """Column count of a CSV/TSV file and the position of each configured column."""
-    if settings.header:
-        try:
-            text = first_line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputStructureError(f"{path}: header line is not valid UTF-8") from None
-    else:
-        text = first_line.decode("utf-8", "surrogateescape")
+@dataclass(frozen=True)
+class _Layout:
+    """Where the configured columns are in the records of a CSV/TSV file."""
+
+    positions: dict[str, int]
+    """Canonical column name -> 0-based position."""
+    n_columns: int | None
+    """Column count of every record: the header's; ``None`` without a header, where a record
+    only needs every configured position (there is no authoritative count)."""
+
+    def problem(self, n_fields: int) -> str | None:
+        """Why a record of ``n_fields`` fields is unusable, or ``None`` when it is usable."""
+        if self.n_columns is not None:
+            return None if n_fields == self.n_columns else f"expected {self.n_columns} columns, got {n_fields}"
+        for name, position in self.positions.items():
+            if position >= n_fields:
+                return f"{SETTING_OF_COLUMN[name]} is position {position} but the line has {n_fields} columns"
+        return None
+
+
+def _headerless_layout(settings: ReadSettings) -> _Layout:
+    """The layout of a file without a header: the configured positions, any column count."""
+    return _Layout({name: typing.cast(int, spec) for name, spec in settings.columns.items()}, None)
+
+
+def _header_layout(first_line: bytes, settings: ReadSettings, path: str) -> _Layout:
+    """The layout a header line gives: its column count and each configured column's position.
+
+    Raises
+    ------
+    InputStructureError
+        If the header is not UTF-8, or lacks or repeats a configured column (which of the
+        repeated columns holds the values would be a guess).
+    """
+    try:
+        text = first_line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputStructureError(f"{path}: header line is not valid UTF-8") from None
     fields = next(csv.reader([text], delimiter=settings.field_delimiter), [""])
     positions = {}
     for name, spec in settings.columns.items():
@@ -284,16 +404,22 @@ def _delimited_positions(first_line: bytes, settings: ReadSettings, path: str) -
         if isinstance(spec, int):
             if spec >= len(fields):
                 raise InputStructureError(
-                    f"{path}: {setting} is position {spec} but the first line has {len(fields)} columns"
+                    f"{path}: {setting} is position {spec} but the header has {len(fields)} columns"
                 )
             positions[name] = spec
+        elif fields.count(spec) > 1:
+            where = [position for position, field in enumerate(fields) if field == spec]
+            raise InputStructureError(
+                f"{path}: header names column {spec!r} ({setting}) {len(where)} times, at positions "
+                f"{', '.join(map(str, where))}; it must name it once"
+            )
         elif spec in fields:
             positions[name] = fields.index(spec)
         else:
             raise InputStructureError(
                 f"{path}: header has no column {spec!r} ({setting}); header columns: {', '.join(fields)}"
             )
-    return len(fields), positions
+    return _Layout(positions, len(fields))
 
 
 _EXPECTED_TYPES = {
@@ -345,12 +471,25 @@ def _parquet_columns(schema: pa.Schema, settings: ReadSettings, path: str) -> di
 
 
 class _Malformed(NamedTuple):
-    """A line that does not split into the expected number of columns."""
+    """A record that cannot be used: wrong column count, or not splittable into columns."""
 
     offset: int
-    """0-based line offset within its block."""
+    """0-based offset, within its block, of the record's first line."""
     reason: str
     text: str
+
+
+class _Record(NamedTuple):
+    """One CSV record as the ``csv`` module splits it."""
+
+    offset: int
+    """0-based offset of its first line."""
+    end: int
+    """Offset of the line after its last."""
+    fields: list[str] | None
+    """Its fields; ``None`` when it cannot be split (see ``error``) or its quoted value is still
+    open at the end of a block that is not the file's last (``error`` is ``None`` then)."""
+    error: str | None
 
 
 def _raw_schema(names: typing.Iterable[str], data_types: typing.Iterable[pa.DataType]) -> pa.Schema:
@@ -366,24 +505,35 @@ def _raw_schema(names: typing.Iterable[str], data_types: typing.Iterable[pa.Data
 
 
 def _read_delimited(path: str, settings: ReadSettings) -> Iterator[pa.Table]:
-    layout = None
+    """Raw batches of a CSV/TSV file, block by block.
+
+    A record whose quoted value is still open at the end of a block (a value spanning the cut
+    between two blocks) is carried over and parsed with the next block.
+    """
+    layout = _headerless_layout(settings) if not settings.header else None
     line = 1
+    tail = b""
     with _open(path, settings) as f:
-        for block in _line_blocks(f, settings.block_bytes):
-            if layout is None:
+        for index, block in enumerate(_line_blocks(f, settings.block_bytes)):
+            if index == 0:
                 block = block.removeprefix(_BOM)
-                first_line, _, rest = block.partition(b"\n")
-                layout = _delimited_positions(first_line.removesuffix(b"\r"), settings, path)
                 if settings.header:
-                    block, line = rest, 2
+                    first_line, _, block = block.partition(b"\n")
+                    layout = _header_layout(first_line.removesuffix(b"\r"), settings, path)
+                    line = 2
+            block = tail + block
             if block:
-                batch = _parse_block(block, line, layout, settings, path)
+                batch, tail = _parse_block(block, line, typing.cast(_Layout, layout), settings, path, final=False)
                 if batch.num_rows:
                     yield batch
-                line += _count_lines(block)
+                line += block.count(b"\n") - tail.count(b"\n")
+        if tail:
+            batch, _ = _parse_block(tail, line, typing.cast(_Layout, layout), settings, path, final=True)
+            if batch.num_rows:
+                yield batch
 
 
-def _line_blocks(f: BinaryIO, block_bytes: int) -> Iterator[bytes]:
+def _line_blocks(f: BinaryIO | _DecompressedFile, block_bytes: int) -> Iterator[bytes]:
     """Blocks of about ``block_bytes`` bytes, each made of whole lines."""
     rest = b""
     while data := f.read(block_bytes):
@@ -411,20 +561,23 @@ def _is_utf8(block: bytes) -> bool:
 
 
 def _parse_block(
-    block: bytes, first_line: int, layout: tuple[int, dict[str, int]], settings: ReadSettings, path: str
-) -> pa.Table:
-    """Raw batch of one block of whole lines starting at line number ``first_line``."""
-    n_columns, positions = layout
-    parsed = _parse_block_arrow(block, n_columns, positions, settings.field_delimiter) if _is_utf8(block) else None
-    if parsed is None or _parsed_rows(parsed) != _count_lines(block):
-        # pyarrow cannot report a malformed line holding invalid UTF-8, and a quoted value
-        # spanning lines would shift the line numbers: parse such a block line by line.
-        parsed = _parse_block_python(block, n_columns, positions, settings.field_delimiter)
-    columns, malformed = parsed
-    n_valid = len(next(iter(columns.values())))
-    is_valid = np.ones(n_valid + len(malformed), dtype=bool)
-    is_valid[[m.offset for m in malformed]] = False
-    rows = first_line + np.concatenate([np.flatnonzero(is_valid), [m.offset for m in malformed]]).astype(np.int64)
+    block: bytes, first_line: int, layout: _Layout, settings: ReadSettings, path: str, final: bool
+) -> tuple[pa.Table, bytes]:
+    """Raw batch of a block of whole lines starting at line number ``first_line``, and its tail.
+
+    The tail is the text of a last record whose quoted value is still open at the end of the
+    block, to be parsed with the next block; it is empty when ``final`` (the file's end).
+    """
+    delimiter = settings.field_delimiter
+    parsed = _parse_block_arrow(block, layout, delimiter) if _is_utf8(block) else None
+    tail = b""
+    if parsed is None:
+        # pyarrow cannot report a malformed line holding invalid UTF-8 nor the first line of a
+        # record spanning lines, and cannot tell a value still open at the end: go record by record.
+        parsed, tail = _parse_block_python(block, layout, delimiter, final)
+    columns, offsets, malformed = parsed
+    rows = first_line + np.concatenate([offsets, [m.offset for m in malformed]]).astype(np.int64)
+    n_valid = len(offsets)
     arrays = [pa.concat_arrays([array, pa.nulls(len(malformed), pa.binary())]) for array in columns.values()]
     batch = pa.Table.from_arrays(
         arrays
@@ -436,33 +589,40 @@ def _parse_block(
         ],
         schema=_raw_schema(columns, [pa.binary()] * len(columns)),
     )
-    return batch.take(np.argsort(rows, kind="stable")) if malformed else batch
+    if len(rows) > 1 and (rows[1:] < rows[:-1]).any():
+        batch = batch.take(np.argsort(rows, kind="stable"))
+    return batch, tail
 
 
-_Parsed = tuple[dict[str, pa.Array], list[_Malformed]]
+_Parsed = tuple[dict[str, pa.Array], np.ndarray, list[_Malformed]]
+"""Values of the usable records by canonical column, their first lines' offsets, and the malformed records."""
 
 
-def _parsed_rows(parsed: _Parsed) -> int:
-    columns, malformed = parsed
-    return len(next(iter(columns.values()))) + len(malformed)
+def _parse_block_arrow(block: bytes, layout: _Layout, delimiter: str) -> _Parsed | None:
+    """Parse with ``pyarrow.csv``, the fast path.
 
-
-def _parse_block_arrow(block: bytes, n_columns: int, positions: dict[str, int], delimiter: str) -> _Parsed | None:
-    """Parse with ``pyarrow.csv``; ``None`` when pyarrow refuses the block."""
+    ``None`` when pyarrow refuses the block, a record spans lines (pyarrow does not say where
+    records start) or a quoted value may be open at the end of the block.
+    """
     invalid_rows = []
 
     def skip_invalid_row(row: pacsv.InvalidRow) -> str:
         invalid_rows.append(row)
         return "skip"
 
+    if layout.n_columns is not None:
+        n_columns = layout.n_columns
+    else:
+        first_line = block.partition(b"\n")[0].decode("utf-8")
+        n_columns = max(len(_split_line(first_line, delimiter)), max(layout.positions.values()) + 1)
     names = [f"f{i}" for i in range(n_columns)]
-    wanted = sorted({names[position] for position in positions.values()})
+    wanted = sorted({names[position] for position in layout.positions.values()})
     try:
         table = pacsv.read_csv(
             pa.py_buffer(block),
             read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
             parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, ignore_empty_lines=False, invalid_row_handler=skip_invalid_row
+                delimiter=delimiter, ignore_empty_lines=True, invalid_row_handler=skip_invalid_row
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.binary() for name in wanted}, include_columns=wanted, strings_can_be_null=False
@@ -470,39 +630,144 @@ def _parse_block_arrow(block: bytes, n_columns: int, positions: dict[str, int], 
         )
     except pa.ArrowInvalid:
         return None
-    malformed = [
-        _Malformed(row.number - 1, f"expected {row.expected_columns} columns, got {row.actual_columns}", row.text)
-        for row in invalid_rows
-    ]
-    columns = {name: table.column(names[position]).combine_chunks() for name, position in positions.items()}
-    return columns, malformed
-
-
-def _parse_block_python(block: bytes, n_columns: int, positions: dict[str, int], delimiter: str) -> _Parsed:
-    """Parse line by line with the ``csv`` module, keeping the bytes of each field."""
-    lines = block.split(b"\n")
-    if block.endswith(b"\n"):
-        lines.pop()
-    values: dict[str, list[bytes]] = {name: [] for name in positions}
+    n_records = table.num_rows + len(invalid_rows)
+    # Each record on a line of its own, but for the blank lines pyarrow skips.
+    line_of_record = np.arange(n_records) if n_records == _count_lines(block) else _nonblank_lines(block)
+    if len(line_of_record) != n_records or any(row.number is None for row in invalid_rows):
+        return None
+    if _QUOTE in block and not _ends_outside_quotes(block, delimiter):
+        return None
+    is_valid = np.ones(n_records, dtype=bool)
+    is_valid[[row.number - 1 for row in invalid_rows]] = False
+    columns = {name: table.column(names[position]).combine_chunks() for name, position in layout.positions.items()}
+    offsets = line_of_record[is_valid]
     malformed = []
-    for offset, line in enumerate(lines):
-        text = line.removesuffix(b"\r").decode("utf-8", "surrogateescape")
+    usable: dict[str, list[bytes]] = {name: [] for name in layout.positions}
+    usable_offsets = []
+    for row in invalid_rows:
+        offset = int(line_of_record[row.number - 1])
+        if problem := layout.problem(row.actual_columns):
+            malformed.append(_Malformed(offset, problem, row.text))
+            continue
+        # Without a header, a record with more columns than pyarrow expected is usable.
+        fields = _split_line(row.text, delimiter)
+        for name, position in layout.positions.items():
+            usable[name].append(fields[position].encode("utf-8"))
+        usable_offsets.append(offset)
+    if usable_offsets:
+        columns = {
+            name: pa.concat_arrays([array, pa.array(usable[name], pa.binary())]) for name, array in columns.items()
+        }
+        offsets = np.concatenate([offsets, usable_offsets])
+    return columns, offsets, malformed
+
+
+def _split_line(text: str, delimiter: str) -> list[str]:
+    """The fields of one record's text (a record that pyarrow already split into columns)."""
+    return next(csv.reader(_lines(text), delimiter=delimiter), [])
+
+
+def _nonblank_lines(block: bytes) -> np.ndarray:
+    """0-based offsets of the lines of ``block`` that are not blank (empty, or only ``\\r``)."""
+    data = np.frombuffer(block, np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts
+    is_blank = (lengths == 0) | ((lengths == 1) & (data[np.minimum(starts, len(data) - 1)] == ord("\r")))
+    return np.flatnonzero(~is_blank)
+
+
+def _ends_outside_quotes(block: bytes, delimiter: str) -> bool:
+    """Whether the last non-blank line of ``block``, read from its start, closes every quoted value it opens."""
+    end = len(block)
+    while end and block[end - 1] in b"\r\n":
+        end -= 1
+    last_line = block[block.rfind(b"\n", 0, end) + 1 : end].decode("utf-8", "surrogateescape")  # no copy of the block
+    reader = csv.reader([last_line + "\n", "\n"], delimiter=delimiter)
+    try:
+        return len(list(reader)) == 2  # an open value would take in the second line: one record
+    except csv.Error:
+        return False
+
+
+def _parse_block_python(block: bytes, layout: _Layout, delimiter: str, final: bool) -> tuple[_Parsed, bytes]:
+    """Parse record by record with the ``csv`` module, keeping the bytes of each field.
+
+    Also returns the block's tail: the text of a last record still open (see :func:`_parse_block`).
+    """
+    lines = _lines(block.decode("utf-8", "surrogateescape"))
+    values: dict[str, list[bytes]] = {name: [] for name in layout.positions}
+    offsets = []
+    malformed = []
+    tail = b""
+    for record in _records(lines, delimiter, final):
+        text = "".join(lines[record.offset : record.end])
+        if record.fields is None and record.error is None:
+            tail = text.encode("utf-8", "surrogateescape")
+        elif record.fields is None:
+            malformed.append(_Malformed(record.offset, record.error, _shown(text)))
+        elif problem := layout.problem(len(record.fields)):
+            malformed.append(_Malformed(record.offset, problem, _shown(text)))
+        else:
+            for name, position in layout.positions.items():
+                values[name].append(record.fields[position].encode("utf-8", "surrogateescape"))
+            offsets.append(record.offset)
+    columns = {name: pa.array(column, pa.binary()) for name, column in values.items()}
+    return (columns, np.array(offsets, dtype=np.int64), malformed), tail
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text``, each with its ``\\n`` (the last one may have none), as ``csv`` wants them."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    if not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _records(lines: list[str], delimiter: str, final: bool) -> Iterator[_Record]:
+    """The records of ``lines`` (see :func:`_lines`), blank lines left out.
+
+    A record the ``csv`` module cannot split, or whose quoted value is still open at the end of
+    the file (``final``), comes with an error and only its first line: splitting resumes at the
+    next line, so that a stray quote costs one line, not the rest of the file. A record still
+    open at the end of a block that is not ``final`` comes last, with neither fields nor error.
+    """
+    start = 0
+    while start < len(lines):
+        # The extra line tells an open quoted value (which takes it in) from a closed record.
+        reader = csv.reader(itertools.chain(itertools.islice(lines, start, None), ["\n"]), delimiter=delimiter)
+        offset, restart = start, len(lines)
         try:
-            fields = next(csv.reader([text], delimiter=delimiter), None) or [""] * n_columns
+            for fields in reader:
+                end = start + reader.line_num
+                if end > len(lines):
+                    if not fields:
+                        break
+                    if not final:
+                        yield _Record(offset, len(lines), None, None)
+                        break
+                    yield _Record(offset, offset + 1, None, "quoted value is not closed before the end of the file")
+                    restart = offset + 1
+                    break
+                if fields:
+                    yield _Record(offset, end, fields, None)
+                offset = end
         except csv.Error as error:
-            malformed.append(_Malformed(offset, f"line cannot be split into columns: {error}", _shown(line)))
-            continue
-        if len(fields) != n_columns:
-            malformed.append(_Malformed(offset, f"expected {n_columns} columns, got {len(fields)}", _shown(line)))
-            continue
-        for name, position in positions.items():
-            values[name].append(fields[position].encode("utf-8", "surrogateescape"))
-    return {name: pa.array(column, pa.binary()) for name, column in values.items()}, malformed
+            reason = f"line cannot be split into columns: {error}"
+            if "field larger than field limit" in str(error):  # what an unclosed quote usually runs into
+                reason = f"quoted value not closed within {csv.field_size_limit()} characters (a stray quote?)"
+            yield _Record(offset, offset + 1, None, reason)
+            restart = offset + 1
+        start = restart
 
 
-def _shown(line: bytes) -> str:
-    r"""A line as text, invalid UTF-8 bytes written as ``\xNN`` escapes."""
-    return line.removesuffix(b"\r").decode("utf-8", "backslashreplace")
+def _shown(text: str) -> str:
+    r"""A record's text without its final line break, invalid UTF-8 bytes written as ``\xNN`` escapes."""
+    text = text.removesuffix("\n").removesuffix("\r")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # ----------------------------------------------------------------------------- Parquet
@@ -510,13 +775,23 @@ def _shown(line: bytes) -> str:
 
 @contextlib.contextmanager
 def _open_parquet(path: str) -> Iterator[pq.ParquetFile | None]:
-    """The ``pq.ParquetFile`` of ``path``, or ``None`` for an empty file."""
+    """The ``pq.ParquetFile`` of ``path``, or ``None`` for an empty file.
+
+    Raises
+    ------
+    InputStructureError
+        If pyarrow cannot read the file (not Parquet, or corrupt), when opened or later read:
+        pyarrow's own message does not name the file.
+    """
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if not f.read(1):
             yield None
             return
         f.seek(0)
-        yield pq.ParquetFile(f)
+        try:
+            yield pq.ParquetFile(f)
+        except pa.ArrowException as error:
+            raise InputStructureError(f"{path}: cannot be read as Parquet: {error}") from None
 
 
 def _read_parquet(path: str, settings: ReadSettings) -> Iterator[pa.Table]:

@@ -118,7 +118,9 @@ def test_invalid_arguments_are_refused_at_the_call(arguments, message):
 
 
 def _sorted_rows(table: pa.Table) -> list[tuple]:
-    return sorted(zip(*(table.column(c).to_pylist() for c in schemas.DATA_COLUMNS)))
+    """The generated rows as validation gives them back: timestamps (epoch seconds) in microseconds."""
+    rows = zip(*(table.column(c).to_pylist() for c in schemas.DATA_COLUMNS))
+    return sorted((*row[:-1], row[-1] * 1_000_000) for row in rows)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import pathlib
 import re
 import shutil
@@ -11,13 +13,14 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from pipeline import schemas
-from pipeline.read import InputStructureError, ReadRatings, ReadSettings
+from pipeline.read import InputStructureError, ReadRatings, ReadSettings, read_file
 from pipeline.validate import ValidateRatings
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -218,7 +221,6 @@ def test_malformed_and_non_utf8_lines_are_kept_with_their_reason_and_line_number
         _raw(path, 2, b"1", b"10", b"4.0"),
         _raw(path, 3, parse_error="expected 3 columns, got 2", raw_line="1,11"),
         _raw(path, 4, b"2", b"\xff", b"3.0"),
-        _raw(path, 5, b"", b"", b""),
         _raw(path, 6, parse_error="expected 3 columns, got 4", raw_line="3,12,2.0,extra\\xfe"),
         _raw(path, 7, b"4", b"13", b"1.0"),
     ]
@@ -327,14 +329,6 @@ def test_one_bad_shard_among_good_ones_is_named(tmp_path):
         _apply(ReadSettings(path=str(tmp_path / "*.csv")))
 
 
-def test_position_beyond_first_line_is_an_error(tmp_path):
-    path = _write(tmp_path / "r.csv", b"1,2,3\n")
-    with pytest.raises(
-        InputStructureError, match=r"r\.csv: timestamp_column is position 3 but the first line has 3 columns"
-    ):
-        _apply(ReadSettings(path=path, header=False, user_column=0, item_column=1, rating_column=2, timestamp_column=3))
-
-
 def test_parquet_without_configured_column_names_file_and_column(tmp_path):
     path = str(tmp_path / "r.parquet")
     pq.write_table(pa.table({"user_id": [1], "item_id": [2], "score": [3.0]}), path)
@@ -389,3 +383,185 @@ def test_parquet_column_of_unusable_type_names_file_column_and_type(tmp_path, co
 def test_settings_are_checked(overrides, message):
     with pytest.raises(ValueError, match=message):
         ReadSettings(path="x.csv", **overrides)
+
+
+# ----------------------------------------------------------------------------- defects found by review
+
+
+def _read(path: str, **settings) -> list[dict]:
+    """Every raw row of one file, read without a pipeline."""
+    return [row for batch in read_file(path, ReadSettings(path=path, **settings)) for row in batch.to_pylist()]
+
+
+_COMPRESSORS = {
+    "gz": gzip.compress,
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+    "zst": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+@pytest.mark.parametrize("extension", sorted(_COMPRESSORS))
+def test_concatenated_compressed_streams_read_as_one(tmp_path, extension):
+    compress = _COMPRESSORS[extension]
+    first, second = b"user_id,item_id,rating\n1,10,4\n", b"2,11,3\n"
+    path = _write(tmp_path / f"r.csv.{extension}", compress(first) + compress(second))
+    assert [(r["user_id"], r["row"]) for r in _read(path)] == [(b"1", 2), (b"2", 3)]
+
+
+@pytest.mark.parametrize("extension", sorted(_COMPRESSORS))
+@pytest.mark.parametrize("cut", ["next_stream_header", "mid_stream"])
+def test_truncated_compressed_file_fails_naming_the_file(tmp_path, extension, cut):
+    compress = _COMPRESSORS[extension]
+    head = b"user_id,item_id,rating\n" + b"".join(b"%d,1,3\n" % i for i in range(100))
+    rest = b"".join(b"%d,1,3\n" % i for i in range(100, 5000))
+    if cut == "next_stream_header":
+        data = compress(head) + compress(rest)[:15]
+    else:
+        whole = compress(head + rest)
+        data = whole[: len(whole) // 2]
+    path = _write(tmp_path / f"r.csv.{extension}", data)
+    with pytest.raises(InputStructureError, match=re.escape(path) + ": .*(ends before the end of its stream|corrupt)"):
+        _read(path)
+
+
+def test_truncated_gzip_fails_the_pipeline_run(tmp_path):
+    whole = gzip.compress(b"user_id,item_id,rating\n" + b"".join(b"%d,1,3\n" % i for i in range(5000)))
+    path = _write(tmp_path / "r.csv.gz", whole[: len(whole) // 2])
+    with pytest.raises(Exception, match=r"r\.csv\.gz: gzip data ends before the end of its stream"):
+        with _pipeline() as p:
+            _ = p | ReadRatings(path=path)
+
+
+def test_garbage_after_a_gzip_member_fails_naming_the_file(tmp_path):
+    path = _write(tmp_path / "r.csv.gz", gzip.compress(b"user_id,item_id,rating\n1,10,4\n") + b"garbage")
+    with pytest.raises(InputStructureError, match=re.escape(path) + ": corrupt gzip data"):
+        _read(path)
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 7, 16, 40])
+def test_quoted_value_spanning_lines_is_one_record_numbered_by_its_first_line(tmp_path, block_bytes):
+    path = _write(
+        tmp_path / "r.csv",
+        b'user_id,item_id,rating,timestamp\r\n7,1,3,"100\r\n8,2,4,200"\r\n9,2,2,300\r\n"1\n\n0",5,"a\r\nb",\r\n',
+    )
+    rows = _read(path, timestamp_column="timestamp", block_bytes=block_bytes)
+    assert [(r["user_id"], r["item_id"], r["rating"], r["timestamp"], r["row"]) for r in rows] == [
+        (b"7", b"1", b"3", b"100\r\n8,2,4,200", 2),
+        (b"9", b"2", b"2", b"300", 4),
+        (b"1\n\n0", b"5", b"a\r\nb", b"", 5),
+    ]
+    assert all(r["parse_error"] is None for r in rows)
+
+
+def test_multiline_record_is_validated_as_one_row(tmp_path):
+    path = _write(tmp_path / "r.csv", b'user_id,item_id,rating,timestamp\r\n7,1,3,"100\r\n8,2,4,200"\r\n9,2,2,300\r\n')
+    strings = _write(tmp_path / "s.csv", b'user_id,item_id,rating,timestamp\nu1,"The\nitem",3,100\n')
+    with _pipeline() as p:
+        ints = p | "ReadInts" >> ReadRatings(path=path, timestamp_column="timestamp") | "Ints" >> ValidateRatings()
+        assert_that(_rows(ints.valid, "IntRows") | beam.Map(lambda r: (r["user_id"], r["row"])), equal_to([(9, 4)]))
+        assert_that(
+            _rows(ints.rejected, "Rejected") | beam.Map(lambda r: (r["row"], r["field"], r["value"])),
+            equal_to([(2, "timestamp", "100\r\n8,2,4,200")]),
+            label="RejectedTimestamp",
+        )
+        ids = dict(user_id_type="string", item_id_type="string")
+        texts = p | "ReadStrings" >> ReadRatings(path=strings, timestamp_column="timestamp", **ids)
+        validated = texts | "Strings" >> ValidateRatings(**ids)
+        assert_that(
+            _rows(validated.valid, "StringRows") | beam.Map(lambda r: (r["item_id"], r["row"])),
+            equal_to([("The\nitem", 2)]),
+            label="StringId",
+        )
+        assert_that(validated.rejected, equal_to([]), label="NoneRejected")
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 8])
+def test_quote_left_open_at_end_of_file_rejects_only_its_first_line(tmp_path, block_bytes):
+    path = _write(tmp_path / "r.csv", b'user_id,item_id,rating\n1,"2,3\n4,5,6\n7,8,9\n')
+    rows = _read(path, block_bytes=block_bytes)
+    assert [(r["row"], r["user_id"], r["parse_error"], r["raw_line"]) for r in rows] == [
+        (2, None, "quoted value is not closed before the end of the file", '1,"2,3'),
+        (3, b"4", None, None),
+        (4, b"7", None, None),
+    ]
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 4096])
+def test_stray_quote_mid_file_costs_its_line_only(tmp_path, block_bytes):
+    """A quote that never closes would make the rest of the file one value: the csv field limit
+    stops it, the line is rejected with a reason that says what happened, and every later line
+    is read (the carried text stays bounded by the limit, whatever the file's size)."""
+    lines = [b"%d,%d,4" % (n, n) for n in range(3, 40_003)]
+    path = _write(tmp_path / "r.csv", b'user_id,item_id,rating\n1,"2,3\n' + b"\n".join(lines) + b"\n")
+    rows = _read(path, block_bytes=block_bytes)
+    assert rows[0]["row"] == 2 and "not closed within" in rows[0]["parse_error"]
+    assert [(r["row"], r["user_id"], r["parse_error"]) for r in rows[1:]] == [
+        (n, b"%d" % n, None) for n in range(3, 40_003)
+    ]
+
+
+def test_quoted_fields_on_one_line_stay_on_the_fast_path_results(tmp_path):
+    lines = [b'"%d","%d","4.0"' % (n, n) for n in range(2, 3000)]
+    path = _write(tmp_path / "r.csv", b"user_id,item_id,rating\n" + b"\n".join(lines) + b"\n")
+    rows = _read(path, block_bytes=4096)
+    assert [(r["user_id"], r["row"]) for r in rows] == [(b"%d" % n, n) for n in range(2, 3000)]
+
+
+@pytest.mark.parametrize("timestamp_column", [None, 3])
+def test_without_header_a_line_needs_only_the_configured_positions(tmp_path, timestamp_column):
+    path = _write(tmp_path / "r.csv", b"1,2,3\n2,3,4,100\n3,4,5,200\n4,5,1,300\n")
+    settings = dict(header=False, user_column=0, item_column=1, rating_column=2, timestamp_column=timestamp_column)
+    for block_bytes in (1 << 20, 9):
+        rows = _read(path, block_bytes=block_bytes, **settings)
+        values = [(r["row"], r["user_id"], r["parse_error"], r["raw_line"]) for r in rows]
+        longer = [(2, b"2", None, None), (3, b"3", None, None), (4, b"4", None, None)]
+        if timestamp_column is None:
+            assert values == [(1, b"1", None, None), *longer]
+        else:
+            missing = "timestamp_column is position 3 but the line has 3 columns"
+            assert values == [(1, None, missing, "1,2,3"), *longer]
+            assert [r["timestamp"] for r in rows] == [None, b"100", b"200", b"300"]
+
+
+def test_without_header_a_short_first_line_does_not_abort_the_file(tmp_path):
+    path = _write(tmp_path / "r.csv", b"1,2,3\n")
+    _apply(ReadSettings(path=path, header=False, user_column=0, item_column=1, rating_column=2, timestamp_column=3))
+
+
+def test_corrupt_parquet_names_the_file(tmp_path):
+    path = _write(tmp_path / "a.parquet", b"hello,world\n")
+    with pytest.raises(InputStructureError, match=re.escape(path) + ": cannot be read as Parquet: .*magic bytes"):
+        _apply(ReadSettings(path=path, format="parquet"))
+
+
+def test_header_repeating_a_configured_column_names_file_and_column(tmp_path):
+    path = _write(tmp_path / "r.csv", b"user_id,item_id,rating,timestamp,rating\n1,2,3,4,5\n")
+    with pytest.raises(
+        InputStructureError, match=r"r\.csv: header names column 'rating' \(rating_column\) 2 times, at positions 2, 4"
+    ):
+        _apply(ReadSettings(path=path))
+
+
+def test_header_repeating_an_unused_column_is_allowed(tmp_path):
+    path = _write(tmp_path / "r.csv", b"user_id,x,item_id,rating,x\n1,a,2,3,b\n")
+    assert [(r["user_id"], r["item_id"], r["rating"]) for r in _read(path)] == [(b"1", b"2", b"3")]
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 6])
+def test_blank_lines_are_not_rows_and_counts_add_up(tmp_path, block_bytes):
+    path = _write(tmp_path / "r.csv", b"user_id,item_id,rating\n\n1,2,3\n\r\n\n4,5,6\n7,8\n\n")
+    rows = _read(path, block_bytes=block_bytes)
+    assert [(r["row"], r["user_id"], r["parse_error"]) for r in rows] == [
+        (3, b"1", None),
+        (6, b"4", None),
+        (7, None, "expected 3 columns, got 2"),
+    ]
+    p = beam.Pipeline(runner=FnApiRunner())
+    validated = p | ReadRatings(path=path, block_bytes=block_bytes) | ValidateRatings()
+    _ = validated.rejected
+    counters = {
+        r.key.metric.name: r.committed
+        for r in p.run().metrics().query(MetricsFilter().with_namespace("read"))["counters"]
+    }
+    assert counters["rows_read"] == 3
