@@ -13,13 +13,14 @@ run-level metrics.
 from __future__ import annotations
 
 import typing
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 
 from pipeline.timing import timed
-from pipeline.blocks import RatingsBlock, concat_factors, concat_blocks
+from pipeline.blocks import FactorBlock, RatingsBlock, concat_factors, concat_blocks
 
 EVALUATION = "evaluation"
 #: Score tile of top_n: users × items at a time, wide in items (fewer running-top-N merges per
@@ -30,12 +31,13 @@ EVALUATION = "evaluation"
 TOPN_USERS, TOPN_ITEMS = 512, 81920
 
 
-def _fallback_scores(block: RatingsBlock, model, mean: float) -> np.ndarray:
+def _fallback_scores(block: RatingsBlock, model, mean: float, position: np.ndarray) -> np.ndarray:
     """Predictions for held-out pairs: the model where both ids are known, else the fallback
-    (global mean, plus any known bias)."""
+    (global mean, plus any known bias). ``model`` holds the items at ``position[global index]``."""
     from nnmf_tf.model import predict
 
     rows, cols = block.heldout.rows, block.heldout.cols
+    cols = np.where(cols >= 0, position[np.maximum(cols, 0)], -1)
     known = (rows >= 0) & (cols >= 0)
     out = np.full(len(rows), mean, np.float64)
     if known.any():
@@ -46,6 +48,35 @@ def _fallback_scores(block: RatingsBlock, model, mean: float) -> np.ndarray:
         out[user_only] += model.user_bias[rows[user_only]]
         out[item_only] += model.item_bias[cols[item_only]]
     return out
+
+
+@dataclass(frozen=True)
+class _ItemSide:
+    """Every item, and the orders that rank them: what each user block's top-N reads.
+
+    Items are indexed globally in block order (item blocks are hash-assigned), but rankings
+    break ties by ascending item id (the evaluation protocol's rule, and one that does not
+    depend on the block layout). So top-N runs on the items laid out in id order.
+    """
+
+    factors: FactorBlock
+    """Factors (and biases) in global order."""
+    ids: np.ndarray
+    """Item ids in global order."""
+    id_order: np.ndarray
+    """Global indices in ascending id order: position → global index."""
+    position: np.ndarray
+    """The inverse: global index → position in id order."""
+    popularity_order: np.ndarray
+    """Positions, most-rated first, ties by ascending id."""
+
+    @classmethod
+    def of(cls, factors: FactorBlock, ids: np.ndarray, counts: np.ndarray) -> "_ItemSide":
+        id_order = np.argsort(ids, kind="stable")
+        position = np.empty(len(ids), np.int64)
+        position[id_order] = np.arange(len(ids))
+        popularity_order = np.argsort(-counts[id_order], kind="stable")
+        return cls(factors, ids, id_order, position, popularity_order)
 
 
 class RecommendAndEvaluateFn(beam.DoFn):
@@ -66,19 +97,15 @@ class RecommendAndEvaluateFn(beam.DoFn):
     def process(self, block: RatingsBlock, *side_inputs):
         return timed("recommend", self._process(block, *side_inputs))
 
-    def _item_side(self, item_factors: dict, item_vocab: dict, item_count_blocks: dict):
-        """Item factors, ids and popularity order in global order, concatenated once per set of
-        side inputs (not once per user block): cached while Beam hands the same side-input
-        objects to this DoFn instance, recomputed whenever they change."""
+    def _item_side(self, item_factors: dict, item_vocab: dict, item_count_blocks: dict) -> _ItemSide:
+        """The items in id order, concatenated once per set of side inputs (not once per user
+        block): cached while Beam hands the same side-input objects to this DoFn instance,
+        recomputed whenever they change."""
         cached = self._item_cache
         if cached is not None and cached[0] is item_factors and cached[1] is item_vocab and cached[2] is item_count_blocks:
             return cached[3]
-        items_side = concat_factors(item_factors, self._params.rank)
-        item_ids = concat_blocks(item_vocab)
-        item_counts = concat_blocks(item_count_blocks).astype(np.float32)
-        # Most-rated first, ties by ascending global index: the order top_n gives these scores.
-        popularity_order = np.argsort(-item_counts, kind="stable")
-        derived = (items_side, item_ids, popularity_order)
+        derived = _ItemSide.of(concat_factors(item_factors, self._params.rank), concat_blocks(item_vocab),
+                               concat_blocks(item_count_blocks))
         self._item_cache = (item_factors, item_vocab, item_count_blocks, derived)
         return derived
 
@@ -89,29 +116,36 @@ class RecommendAndEvaluateFn(beam.DoFn):
         from nnmf_tf.topn import top_n
         from pipeline.tables import recommendation_table
 
-        items_side, item_ids, popularity_order = self._item_side(item_factors, item_vocab, item_count_blocks)
+        side = self._item_side(item_factors, item_vocab, item_count_blocks)
         own = user_factors[block.block]
         # One extra all-zero user row scores the fallback ranking for held-out users unseen in training.
         w = np.vstack([own.factors, np.zeros((1, self._params.rank), np.float32)])
         ub = None if own.bias is None else np.append(own.bias, np.float32(0.0))
-        model = Factors(w, items_side.factors, ub, items_side.bias, mean) if self._params.bias else Factors(w, items_side.factors)
+        item_bias = None if side.factors.bias is None else side.factors.bias[side.id_order]
+        h = side.factors.factors[side.id_order]
+        model = Factors(w, h, ub, item_bias, mean) if self._params.bias else Factors(w, h)
         n_users = len(block.ids)
         exclude = None
         if self._exclude:
             r = block.ratings
-            exclude = SparseRatings(r.rows, r.cols, r.values, (n_users + 1, r.shape[1]))
+            exclude = SparseRatings(r.rows, side.position[r.cols], r.values, (n_users + 1, r.shape[1]))
         n = max(self._top_n, self._k)
-        items, scores = top_n(model, n, exclude=exclude, user_block_size=TOPN_USERS, item_block_size=TOPN_ITEMS) if len(item_ids) else (
-            np.full((n_users + 1, n), -1, np.int64), np.full((n_users + 1, n), -np.inf, np.float32))
-        yield recommendation_table(self._schema, block.ids, item_ids, items[:n_users, : self._top_n], scores[:n_users, : self._top_n])
+        if len(side.ids):
+            # top_n breaks ties by ascending item index: on the items in id order, that is by id.
+            by_position, scores = top_n(model, n, exclude=exclude, user_block_size=TOPN_USERS, item_block_size=TOPN_ITEMS)
+            items = np.where(by_position >= 0, side.id_order[np.maximum(by_position, 0)], -1)
+        else:
+            items, scores = np.full((n_users + 1, n), -1, np.int64), np.full((n_users + 1, n), -np.inf, np.float32)
+        yield recommendation_table(self._schema, block.ids, side.ids, items[:n_users, : self._top_n], scores[:n_users, : self._top_n])
 
         held = block.heldout
         if held is None or len(held.values) == 0:
             return
         # Popularity baseline: the most-rated training items, the same exclusions, the global mean.
-        popular = popularity_top_n(popularity_order, self._k, n_users + 1, exclude)
+        popular = popularity_top_n(side.popularity_order, self._k, n_users + 1, exclude)
+        popular = np.where(popular >= 0, side.id_order[np.maximum(popular, 0)], -1)
         sums = {
-            "model": _evaluation_sums(held, _fallback_scores(block, model, mean), items, n_users, self._k, self._threshold, self._clip),
+            "model": _evaluation_sums(held, _fallback_scores(block, model, mean, side.position), items, n_users, self._k, self._threshold, self._clip),
             "baseline": _evaluation_sums(held, np.full(len(held.values), mean), popular, n_users, self._k, self._threshold, self._clip),
         }
         yield pvalue.TaggedOutput(EVALUATION, sums)

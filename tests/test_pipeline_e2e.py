@@ -488,11 +488,12 @@ def _expected_ranking_metrics(run_: Run) -> dict[str, float]:
     """Precision/recall/NDCG@k averaged over every held-out user with a relevant rating.
 
     A user known to the model is ranked by its recommendations (training items excluded); a
-    held-out user unknown to the model by the fallback ranking, the item biases."""
+    held-out user unknown to the model by the fallback ranking: the item biases, ties by
+    ascending item id (as every ranking)."""
     k, threshold = run_.config.evaluation.k, run_.config.evaluation.relevance_threshold
     train, heldout = run_.split()
     recs = run_.table("recommendations").sort_values(["user_id", "rank"]).groupby("user_id")["item_id"].apply(list)
-    items = run_.factors("item")
+    items = run_.factors("item").sort_values("item_id")
     fallback = items["item_id"].to_numpy()[np.argsort(-items["bias"].to_numpy(), kind="stable")][:k].tolist()
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     precision, recall, ndcg = [], [], []

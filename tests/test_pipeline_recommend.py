@@ -38,3 +38,41 @@ def test_popularity_top_n_skips_each_rows_excluded_items(k):
 def test_popularity_top_n_without_exclusions_is_the_order_for_every_row():
     order = np.array([3, 0, 2, 1])
     np.testing.assert_array_equal(popularity_top_n(order, 6, 2), [[3, 0, 2, 1, -1, -1]] * 2)
+
+
+def test_ties_rank_by_ascending_item_id_whatever_the_item_blocks():
+    """Items are indexed block by block (hash-assigned blocks), but the evaluation protocol
+    breaks ties by ascending item id. A user whose scores all tie (zero factors), a held-out
+    user unseen in training (the fallback row) and the popularity baseline on equal counts all
+    rank the items in id order, whichever blocks hold them."""
+    from nnmf_tf.params import SolverParams
+    from pipeline.blocks import FactorBlock, HeldOut, RatingsBlock
+    from pipeline.config import ComputeConfig
+    from pipeline.recommend import EVALUATION, RecommendAndEvaluateFn
+    from pipeline.tables import recommendation_schema
+
+    rank = 2
+    item_vocab = {0: np.array([1, 4, 5]), 1: np.array([0, 2, 3])}  # global order: ids 1 4 5 0 2 3
+    item_factors = {b: FactorBlock(np.ones((3, rank), np.float32)) for b in item_vocab}
+    counts = {b: np.full(3, 7) for b in item_vocab}
+    # User 10 rated item id 2 (global index 4); user 11 rated nothing in training but holds out
+    # item id 0 (global index 3) and id 4 (global index 1), both relevant.
+    ratings = SparseRatings(np.array([0]), np.array([4]), np.array([4.0], np.float32), (1, 6))
+    heldout = HeldOut(np.array([-1, -1]), np.array([3, 1]), np.array([5.0, 5.0], np.float32), np.array([0, 0]))
+    block = RatingsBlock("user", 0, np.array([10]), ratings, heldout)
+    user_factors = {0: FactorBlock(np.zeros((1, rank), np.float32))}
+    fn = RecommendAndEvaluateFn(SolverParams(rank=rank, bias=False), ComputeConfig(), 3, True, 2, 4.0, (0.5, 5.0),
+                                recommendation_schema("int", "int"))
+
+    outputs = list(fn._process(block, user_factors, item_factors, item_vocab, counts, 3.0))
+
+    table = outputs[0].to_pandas()
+    assert table["item_id"].tolist() == [0, 1, 3]  # id order, the rated id 2 left out
+    sums = outputs[1].value
+    assert outputs[1].tag == EVALUATION
+    # Unseen user 11: fallback ids 0, 1 (model) and popularity ids 0, 1 (equal counts): id 0 is
+    # a hit at rank 1 of 2 relevant items.
+    for which in ("model", "baseline"):
+        assert sums[which]["ranked_users"] == 1
+        assert sums[which]["precision_sum"] == pytest.approx(0.5)
+        assert sums[which]["recall_sum"] == pytest.approx(0.5)
