@@ -83,7 +83,9 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     """Load the config (shorthands applied last), then hand it and the Beam arguments to the pipeline.
 
     An unusable ``input.init_from`` is a configuration problem (status 2); an output path the
-    run may not replace gives status 1. Both print one ``error: ...`` line instead of a traceback.
+    run may not replace, no input file, or an input file that cannot be read as configured
+    (found before any work) give status 1. Each prints one ``error: ...`` line instead of a
+    traceback.
     """
     overrides = list(args.overrides)
     if args.output is not None:
@@ -95,6 +97,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         return EXIT_CONFIG_ERROR
     from pipeline.main import run
     from pipeline.output import OutputExistsError
+    from pipeline.read import InputStructureError
     from pipeline.warm_start import WarmStartError
 
     try:
@@ -102,7 +105,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except WarmStartError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except OutputExistsError as error:
+    except (OutputExistsError, FileNotFoundError, InputStructureError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     shown = ("rows_read", "rows_rejected", "train_ratings", "heldout_rmse", "heldout_mae", "heldout_ndcg_at_10")

@@ -291,19 +291,24 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
         is not a published run (see :func:`pipeline.output.check_output`).
     WarmStartError
         ``input.init_from`` cannot warm-start this run.
+    FileNotFoundError, InputStructureError
+        No file matches the input, or one cannot be read as configured.
     """
     target = config.output.path
     inputs = match_input_files(config.input.path)
     output.check_output(target, config.output.overwrite, inputs)
     if config.input.init_from:
         check_previous_run(config.input.init_from, config)
-    folder = output.prepare_staging(target)
+    folder = output.staging_path(target)
     options = pipeline_options(config, beam_args)
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=_runner(options), options=options)
     blocks = block_store.run_folder(folder)
+    # Building checks every input file's structure: an input that cannot be read as configured
+    # fails before the staging folder (a killed run's leftovers) is touched.
+    build(pipeline, config, folder, blocks, len(inputs))
+    output.prepare_staging(target)
     try:
-        build(pipeline, config, folder, blocks, len(inputs))
         result = pipeline.run()
         result.wait_until_finish()
     finally:

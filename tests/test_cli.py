@@ -108,6 +108,21 @@ def test_run_output_shorthand_keeps_yaml_like_paths_as_strings(fake_main):
     assert config.output.path == str(Path("123").resolve())
 
 
+def test_run_reports_missing_or_unreadable_input_in_one_line(tmp_path, capsys):
+    """No file matching the input, or a file without a configured column, is found before any
+    work: one error line naming the pattern or the file, status 1, nothing written."""
+    out = tmp_path / "out"
+    missing = str(tmp_path / "none-*.csv")
+    assert main(["run", "--config", LOCAL, "--set", f"input.path={missing}", "--output", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: no input file matches {missing!r}"
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("user_id,item,rating,timestamp\n1,2,3,4\n")
+    assert main(["run", "--config", LOCAL, "--set", f"input.path={bad}", "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: header has no column 'item_id' (item_column)"), err
+    assert not out.exists() and not (tmp_path / "out.staging").exists()
+
+
 def test_generate_is_registered(capsys):
     pytest.importorskip("pipeline.generate")
     assert main(["generate", "--help"]) == 0
