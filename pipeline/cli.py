@@ -82,10 +82,11 @@ def _load(path: str, overrides: Sequence[str]) -> RunConfig | None:
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     """Load the config (shorthands applied last), then hand it and the Beam arguments to the pipeline.
 
-    An unusable ``input.init_from`` is a configuration problem (status 2); an output path the
-    run may not replace, no input file, or an input file that cannot be read as configured
-    (found before any work) give status 1. Each prints one ``error: ...`` line instead of a
-    traceback.
+    An unusable ``input.init_from`` is a configuration problem (status 2). An output path the
+    run may not replace, no input file, an input file that cannot be read as configured, input
+    that is unusable once validated, or a fit that broke down numerically give status 1. Each
+    prints one ``error: ...`` line instead of a traceback (when the runner raises the error
+    as it is, as the DirectRunner does in process).
     """
     overrides = list(args.overrides)
     if args.output is not None:
@@ -95,7 +96,8 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _load(args.config, overrides)
     if config is None:
         return EXIT_CONFIG_ERROR
-    from pipeline.main import run
+    from nnmf_tf.errors import NNMFFitError
+    from pipeline.main import UnusableInputError, run
     from pipeline.output import OutputExistsError
     from pipeline.read import InputStructureError
     from pipeline.warm_start import WarmStartError
@@ -105,7 +107,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except WarmStartError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (OutputExistsError, FileNotFoundError, InputStructureError) as error:
+    except (OutputExistsError, FileNotFoundError, InputStructureError, UnusableInputError, NNMFFitError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     shown = ("rows_read", "rows_rejected", "train_ratings", "heldout_rmse", "heldout_mae", "heldout_ndcg_at_10")

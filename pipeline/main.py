@@ -62,6 +62,11 @@ def _rows(table) -> int:
     return table.num_rows
 
 
+class UnusableInputError(ValueError):
+    """The input read is unusable: too many rows rejected, or none accepted. Nothing is
+    published."""
+
+
 def _gate(n_read: int, n_rejected: int, rejected_files: list[str], limit: float, rejected_folder: str,
           pattern: str, n_files: int) -> bool:
     """Stop the run before blocking when its input is unusable: too many rows rejected, or none accepted.
@@ -72,7 +77,7 @@ def _gate(n_read: int, n_rejected: int, rejected_files: list[str], limit: float,
 
     Raises
     ------
-    ValueError
+    UnusableInputError
         More than ``limit`` of the rows read were rejected, or no row was accepted.
     """
     del rejected_files
@@ -80,11 +85,11 @@ def _gate(n_read: int, n_rejected: int, rejected_files: list[str], limit: float,
     try:
         check_rejected_fraction(n_read, n_rejected, limit)
     except ValueError as error:
-        raise ValueError(f"{error}, in {kept}") from error
+        raise UnusableInputError(f"{error}, in {kept}") from error
     if n_read == n_rejected:
         files = f"{n_files} file{'' if n_files == 1 else 's'} matching {pattern!r}"
         reasons = f"; the rejected table gives each row's reason, in {kept}" if n_rejected else "; nothing was published"
-        raise ValueError(f"no ratings accepted from {files}: {n_read} rows read, {n_rejected} rejected{reasons}")
+        raise UnusableInputError(f"no ratings accepted from {files}: {n_read} rows read, {n_rejected} rejected{reasons}")
     return True
 
 
@@ -293,6 +298,9 @@ def run(config: RunConfig, beam_args: Sequence[str] = ()) -> dict:
         ``input.init_from`` cannot warm-start this run.
     FileNotFoundError, InputStructureError
         No file matches the input, or one cannot be read as configured.
+    UnusableInputError, NNMFFitError
+        The input read is unusable, or the fit broke down numerically (as the runner raises
+        them: in process, these types; a remote runner may wrap them).
     """
     target = config.output.path
     inputs = match_input_files(config.input.path)

@@ -32,6 +32,7 @@ def fake_main(monkeypatch) -> list[tuple[RunConfig, list[str]]]:
     calls: list[tuple[RunConfig, list[str]]] = []
     module = types.ModuleType("pipeline.main")
     module.run = lambda config, beam_args: calls.append((config, beam_args)) or {}
+    module.UnusableInputError = type("UnusableInputError", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "pipeline.main", module)
     return calls
 
@@ -121,6 +122,25 @@ def test_run_reports_missing_or_unreadable_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad}: header has no column 'item_id' (item_column)"), err
     assert not out.exists() and not (tmp_path / "out.staging").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["validation.rating_max=3.0", "evaluation.relevance_threshold=3.0"], "rows read were rejected"),
+        (["model.init_scale=1e30", "model.max_iter=1"], "non-finite objective"),
+    ],
+    ids=["too_many_rejected", "diverged"],
+)
+def test_run_reports_unusable_input_and_a_broken_fit_in_one_line(tmp_path, capsys, overrides, message):
+    """Failures found while the pipeline runs (the input gate, a fit that overflows) end with
+    one error line and status 1; nothing is published."""
+    out = tmp_path / "out"
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    assert main(["run", "--config", LOCAL, "--output", str(out), *sets]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert not out.exists()
 
 
 def test_generate_is_registered(capsys):
