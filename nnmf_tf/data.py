@@ -53,6 +53,8 @@ class SparseRatings:
         n_rows, n_cols = (int(s) for s in self.shape)
         if n_rows < 0 or n_cols < 0:
             raise ValueError(f"shape must be non-negative; got {self.shape}")
+        if max(n_rows, n_cols) > np.iinfo(np.int32).max:
+            raise ValueError(f"shape must be below 2**31 in each dimension (indices are int32); got {self.shape}")
         if nnz:
             for label, index, bound in (("rows", rows, n_rows), ("cols", cols, n_cols)):
                 low, high = int(index.min()), int(index.max())

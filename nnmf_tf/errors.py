@@ -37,6 +37,15 @@ def check_array(
     return array
 
 
+def check_finite(array: np.ndarray, *, label: str, non_negative: bool = False) -> None:
+    """Raise ``ValueError`` naming ``label`` when ``array`` holds NaN or inf (or, with
+    ``non_negative``, a negative value)."""
+    if array.size and not np.all(np.isfinite(array)):
+        raise ValueError(f"{label} must be finite; found {int(array.size - np.count_nonzero(np.isfinite(array)))} NaN or inf")
+    if non_negative and array.size and float(np.min(array)) < 0.0:
+        raise ValueError(f"{label} must be non-negative; found {float(np.min(array))}")
+
+
 def _half_step_name(side: str, iteration: int, block: int | None) -> str:
     return f"the {side} half-step of iteration {iteration}" + ("" if block is None else f" (block {block})")
 
@@ -66,7 +75,8 @@ def check_factors_finite(
     if not np.all(np.isfinite(factors)):
         bad = int(np.size(factors) - np.count_nonzero(np.isfinite(factors)))
         raise NNMFFitError(
-            f"{bad} non-finite {side} factor value(s) after {where}; lower the learning rate or raise reg"
+            f"{bad} non-finite {side} factor value(s) after {where}: the factors overflow float32; "
+            "lower model.init_scale or raise reg"
         )
     if factors.size and float(np.min(factors)) < 0.0:
         raise NNMFFitError(f"negative {side} factors after {where}")

@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from nnmf_tf.data import MaskedDense, Ratings, SparseRatings
 from nnmf_tf.device import compute_threads
-from nnmf_tf.errors import check_array
+from nnmf_tf.errors import check_array, check_finite
 from nnmf_tf.params import SolverParams
 
 #: Bytes allowed for one chunk's working set: padded pieces and Grams (sparse) or mask
@@ -86,7 +86,8 @@ class HalfStepResult:
     penalty : float
         This side's regularisation term alone, at the new rows.
     pg_norm_sq : float
-        Squared norm of the projected gradient at the rows given (before the update).
+        Squared norm of the projected gradient of the rows' loss (data term plus penalty) at
+        the rows given (before the update).
     inner_iters : int
         The largest number of inner steps any chunk took.
     """
@@ -500,11 +501,17 @@ def half_step(
     k = params.rank
     other = check_array(other, label="other factors", ndim=2, shape=(n_other, k)).astype(np.float32, copy=False)
     current = check_array(current, label="current factors", ndim=2, shape=(n_rows, k)).astype(np.float32, copy=False)
+    # The step size bounds each Gram's largest eigenvalue by a bound that holds for Grams with
+    # non-negative entries only: negative factors would make the steps diverge.
+    check_finite(other, label="other factors", non_negative=True)
+    check_finite(current, label="current factors")
     if params.bias:
         if other_bias is None or current_bias is None:
             raise ValueError("other_bias and current_bias are required when params.bias is true")
         other_bias = check_array(other_bias, label="other bias", ndim=1, shape=(n_other,)).astype(np.float32, copy=False)
         current_bias = check_array(current_bias, label="current bias", ndim=1, shape=(n_rows,)).astype(np.float32, copy=False)
+        check_finite(other_bias, label="other bias")
+        check_finite(current_bias, label="current bias")
         features = np.hstack([other, np.ones((n_other, 1), np.float32)])
         start = np.hstack([current, current_bias[:, None]])
         reg_diag = [params.reg] * k + [params.effective_bias_reg]
@@ -567,6 +574,7 @@ def half_step(
         bias=np.ascontiguousarray(z[:, k]) if params.bias else None,
         objective=float(sums[0]),
         penalty=float(sums[1]),
-        pg_norm_sq=float(sums[2]),
+        # The kernel's gradient is G z − c, half the gradient of the rows' loss.
+        pg_norm_sq=4.0 * float(sums[2]),
         inner_iters=inner,
     )

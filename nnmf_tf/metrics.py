@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnmf_tf.errors import check_array
+from nnmf_tf.params import check_int
 
 
 def rmse(predicted: np.ndarray, actual: np.ndarray, clip: tuple[float, float] | None = None) -> float:
@@ -41,19 +42,24 @@ def ranking_metrics(recommended: np.ndarray, relevant: list[np.ndarray], k: int)
     recommended : np.ndarray of int, shape (n_users, >= k)
         Each user's ranked item ids, best first; -1 pads.
     relevant : list of np.ndarray, length n_users
-        Each user's relevant held-out item ids (ids the model never saw included).
+        Each user's relevant held-out item ids (ids the model never saw included; repeats
+        count once).
     k : int
 
     Returns
     -------
     dict with ``precision``, ``recall``, ``ndcg`` and ``users`` (the number averaged over).
     """
+    problems = check_int("k", k, 1, "ranking_metrics")
+    if problems:
+        raise ValueError("; ".join(problems))
     recommended = check_array(recommended, label="recommended", ndim=2, shape=(len(relevant), None))
     if recommended.shape[1] < k:
         raise ValueError(f"recommended must have at least k={k} columns; got {recommended.shape[1]}")
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     precision, recall, ndcg = [], [], []
     for items, targets in zip(recommended[:, :k], relevant):
+        targets = np.unique(targets)  # an item listed twice is still one relevant item
         if len(targets) == 0:
             continue
         hits = np.isin(items, targets) & (items >= 0)

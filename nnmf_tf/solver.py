@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from nnmf_tf.data import Ratings, SparseRatings
-from nnmf_tf.errors import ConvergenceWarning, check_factors_finite, check_objective_finite
+from nnmf_tf.errors import ConvergenceWarning, check_factors_finite, check_finite, check_objective_finite
 from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout
 from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.model import Factors, objective
@@ -32,7 +32,9 @@ class FitResult:
     initial_objective : float
         The objective at the initial factors.
     pg_norm_history : list of float
-        Norm of the full projected gradient seen by each iteration's two half-steps.
+        Per iteration, the norm of the projected gradient of the objective as its two
+        half-steps saw it: the user rows' part before the user update, the item rows' part
+        before the item update (after the user update).
     converged : bool
         Whether the relative-decrease tolerance was met before ``max_iter``.
     seconds : float
@@ -142,7 +144,9 @@ def fit(
     ratings : SparseRatings or MaskedDense of shape (n_users, n_items)
     params : SolverParams
     init : Factors, optional
-        Warm start (e.g. yesterday's model); default :func:`initial_model`.
+        Warm start (e.g. yesterday's model); default :func:`initial_model`. Its factors must
+        be finite and non-negative; with biases, its user and item biases are kept and the
+        global mean becomes that of ``ratings``.
     strategy : tf.distribute.Strategy, optional
         Spreads each half-step's rows over its replicas.
     row_blocks, col_blocks : int, default=1
@@ -171,6 +175,11 @@ def fit(
             f"init factors must have shapes {(n_users, params.rank)} and {(n_items, params.rank)}; got "
             f"{model.user_factors.shape} and {model.item_factors.shape}"
         )
+    for side, factors in (("user", model.user_factors), ("item", model.item_factors)):
+        check_finite(np.asarray(factors), label=f"init {side} factors", non_negative=True)
+    if model.biased:
+        check_finite(np.asarray(model.user_bias), label="init user bias")
+        check_finite(np.asarray(model.item_bias), label="init item bias")
     if not params.bias and model.biased:
         model = Factors(model.user_factors, model.item_factors)
     if params.bias and not model.biased:
@@ -178,6 +187,9 @@ def fit(
             model.user_factors, model.item_factors, np.zeros(n_users, np.float32), np.zeros(n_items, np.float32),
             ratings.mean(),
         )
+    elif params.bias and model.global_mean != ratings.mean():
+        # μ is these ratings' mean (as in the pipeline's warm start), not the init's.
+        model = Factors(model.user_factors, model.item_factors, model.user_bias, model.item_bias, ratings.mean())
     user_blocks = _row_blocks(ratings, row_blocks, params)
     item_blocks = _row_blocks(ratings.transpose(), col_blocks, params)
     w, h = model.user_factors.astype(np.float32), model.item_factors.astype(np.float32)

@@ -143,6 +143,11 @@ def top_n(
     problems += check_int("item_block_size", item_block_size, 1, "top_n")
     w, h = factors.user_factors.astype(np.float32), factors.item_factors.astype(np.float32)
     n_users, n_items = w.shape[0], h.shape[0]
+    # A NaN score is never among the best: such users would silently get no recommendation.
+    arrays = {"user factors": w, "item factors": h, "user bias": factors.user_bias, "item bias": factors.item_bias}
+    for label, values in arrays.items():
+        if values is not None and not np.all(np.isfinite(values)):
+            problems.append(f"{label} must be finite for top_n; found NaN or inf")
     if exclude is not None and exclude.shape != (n_users, n_items):
         problems.append(f"exclude must have shape {(n_users, n_items)} for top_n; got {exclude.shape}")
     if problems:

@@ -350,6 +350,48 @@ def test_projected_gradient_vanishes_at_the_solution(masked_problem, rng):
     np.testing.assert_allclose(again.factors, first.factors, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
+def test_reported_projected_gradient_is_that_of_the_rows_loss(masked_problem, rng, bias):
+    """``pg_norm_sq`` is ‖P∇L‖² at the rows given, with ``∇L = 2(G z − c)`` the gradient of
+    each row's data term plus penalty (built here from first principles), projected where a
+    factor sits at zero."""
+    values, mask = masked_problem((15, 8), 3, 0.6)
+    params = SolverParams(rank=3, reg=0.1, bias=bias)
+    other = rng.uniform(0.0, 1.0, (8, 3))
+    current = rng.uniform(0.0, 1.0, (15, 3))
+    current[::4, 1] = 0.0  # some factors at their bound
+    extra = {"other_bias": rng.normal(size=8), "current_bias": rng.normal(size=15), "global_mean": 3.0} if bias else {}
+    result = half_step(SparseRatings.from_dense(values, mask), other, current, params, **extra)
+
+    problems = row_problems(values, mask.astype(float), mask, other, params, extra.get("other_bias"), extra.get("global_mean", 0.0))
+    start = np.hstack([current, extra["current_bias"][:, None]]) if bias else current
+    expected = 0.0
+    for problem, z in zip(problems, start):
+        gradient = 2.0 * (problem.gram @ z - problem.rhs)
+        projected = np.where(problem.nonneg & (z <= 0.0), np.minimum(gradient, 0.0), gradient)
+        expected += float(projected @ projected)
+    assert result.pg_norm_sq == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda other, current: other.__setitem__((2, 1), -0.5), "other factors must be non-negative"),
+        (lambda other, current: other.__setitem__((0, 0), np.nan), "other factors must be finite"),
+        (lambda other, current: current.__setitem__((1, 2), np.inf), "current factors must be finite"),
+    ],
+    ids=["negative", "nan", "inf"],
+)
+def test_factors_that_would_make_the_steps_diverge_are_refused(masked_problem, rng, change, message):
+    """The step size uses an eigenvalue bound that holds for Grams with non-negative entries:
+    negative factors of the other side would make it too long (NaN rows, no error)."""
+    values, mask = masked_problem((6, 5), 3, 0.8)
+    other, current = rng.uniform(0.0, 1.0, (5, 3)), rng.uniform(0.0, 1.0, (6, 3))
+    change(other, current)
+    with pytest.raises(ValueError, match=message):
+        half_step(SparseRatings.from_dense(values, mask), other, current, SolverParams(rank=3))
+
+
 def test_rows_without_entries_get_zero_factors_and_bias(rng):
     """An empty row gets the neutral zero; the other rows are as if it were not there."""
     values = rng.uniform(1.0, 5.0, (5, 6))

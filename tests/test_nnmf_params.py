@@ -184,8 +184,8 @@ def test_check_factors_finite_messages():
     with pytest.raises(
         NNMFFitError,
         match=re.escape(
-            "2 non-finite user factor value(s) after the user half-step of iteration 3 (block 1); "
-            "lower the learning rate or raise reg"
+            "2 non-finite user factor value(s) after the user half-step of iteration 3 (block 1): the factors "
+            "overflow float32; lower model.init_scale or raise reg"
         ),
     ):
         check_factors_finite(factors, side="user", iteration=3, block=1)

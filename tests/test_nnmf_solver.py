@@ -241,26 +241,24 @@ def test_initial_rows_depend_on_their_keys_only(masked_problem, rng):
     assert model.user_factors.min() >= 0.0
 
 
-def test_non_finite_factors_raise_naming_the_half_step(masked_problem):
+@pytest.mark.parametrize(("value", "message"), [(np.nan, "must be finite"), (-1.0, "must be non-negative")])
+def test_init_factors_must_be_finite_and_non_negative(masked_problem, value, message):
     values, mask = masked_problem((10, 8), 2, 0.6)
     ratings = SparseRatings.from_dense(values, mask)
     start = initial_model(ratings, SolverParams(rank=2))
     item_factors = start.item_factors.copy()
-    item_factors[3, 0] = np.nan
-
-    message = r"non-finite user factor value\(s\) after the user half-step of iteration 1"
-    with pytest.raises(NNMFFitError, match=message):
+    item_factors[3, 0] = value
+    with pytest.raises(ValueError, match=f"init item factors {message}"):
         fit(ratings, SolverParams(rank=2, max_iter=3), init=Factors(start.user_factors, item_factors))
 
 
 def test_non_finite_factors_in_a_block_name_the_block(masked_problem):
+    """Factors that overflow float32 products (a huge init scale) break the first half-step:
+    its error names the iteration, the side and the block."""
     values, mask = masked_problem((10, 8), 2, 0.6)
-    ratings = MaskedDense(values, mask)
-    start = initial_model(ratings, SolverParams(rank=2))
-
+    params = SolverParams(rank=2, bias=True, max_iter=3, init_scale=1e30)
     with pytest.raises(NNMFFitError, match=r"after the user half-step of iteration 1 \(block 0\)"):
-        init = Factors(start.user_factors, start.item_factors * np.inf)
-        fit(ratings, SolverParams(rank=2, max_iter=3), init=init, row_blocks=2)
+        fit(MaskedDense(values, mask), params, row_blocks=2)
 
 
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
@@ -274,6 +272,23 @@ def test_factors_too_large_for_float32_products_raise_instead_of_a_nan_model(mas
     with pytest.raises(NNMFFitError, match=message):
         fit(as_ratings(values, mask, kind), params)
     fit(as_ratings(values, mask, kind), params.replace(init_scale=1e3))  # large but representable: fits
+
+
+def test_warm_start_keeps_the_biases_but_takes_the_new_ratings_mean(masked_problem):
+    """μ is the mean of the ratings being fitted, as in the pipeline's warm start: yesterday's
+    model on today's ratings must not carry yesterday's mean."""
+    values, mask = masked_problem((12, 9), 2, 0.7)
+    params = SolverParams(rank=2, bias=True, max_iter=2)
+    before = fit(SparseRatings.from_dense(values, mask), params).factors
+    today = SparseRatings.from_dense(values + 1.5, mask)
+    after = fit(today, params.replace(max_iter=1), init=before)
+    assert after.factors.global_mean == pytest.approx(today.mean())
+    assert before.global_mean == pytest.approx(today.mean() - 1.5)
+
+
+def test_indices_must_fit_in_int32():
+    with pytest.raises(ValueError, match=r"below 2\*\*31"):
+        SparseRatings(np.array([2**31]), np.array([0]), np.array([1.0]), (2**31 + 1, 1))
 
 
 def test_unbiased_fit_from_a_biased_init_starts_at_its_initial_objective():

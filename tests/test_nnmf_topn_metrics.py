@@ -179,6 +179,20 @@ def test_metric_inputs_must_pair_up():
         rmse(np.zeros(2), np.zeros(3))
 
 
+def test_ranking_metrics_count_a_repeated_relevant_item_once_and_need_k_of_at_least_one():
+    assert ranking_metrics(np.array([[1, 2]]), [np.array([1, 1])], 2) == ranking_metrics(np.array([[1, 2]]), [np.array([1])], 2)
+    for k in (0, -1):
+        with pytest.raises(ValueError, match="k must be"):
+            ranking_metrics(np.array([[1, 2]]), [np.array([1])], k)
+
+
+def test_top_n_refuses_non_finite_factors():
+    """A NaN score never ranks, so such a user would silently get no recommendation."""
+    factors = Factors(np.array([[1.0], [np.nan]], np.float32), np.ones((3, 1), np.float32))
+    with pytest.raises(ValueError, match="user factors must be finite for top_n"):
+        top_n(factors, 2)
+
+
 def test_ranking_metrics_by_hand():
     recommended = np.array([[5, 2, 9, 1], [1, 2, 3, 4], [4, 8, -1, -1], [-1, -1, -1, -1]])
     relevant = [np.array([2, 7]), np.array([], int), np.array([4, 8, 11, 12]), np.array([0])]
