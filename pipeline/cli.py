@@ -127,7 +127,15 @@ def _generate(argv: list[str]) -> int:
         prog=f"{PROG} generate", allow_abbrev=False, description="Write a synthetic ratings data set."
     )
     add_arguments(parser)
-    return generate_main(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return generate_main(args)
+    except ValueError as error:  # argument values the generator refuses: a usage error
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except FileExistsError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
 
 
 def _demo() -> int:

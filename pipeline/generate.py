@@ -288,6 +288,17 @@ def shard_paths(out_dir: str, n_shards: int, format: str = "csv", compression: s
     return [os.path.join(out_dir, f"ratings-{i:05d}-of-{n_shards:05d}{suffix}") for i in range(n_shards)]
 
 
+def check_shard_arguments(n_shards: int, format: str, compression: str) -> None:
+    """Raise ``ValueError`` unless :func:`write_shards` can write these shards."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}; got {format!r}")
+    if compression not in COMPRESSIONS or (format == "parquet" and compression == "bz2"):
+        allowed = [c for c in COMPRESSIONS if format == "csv" or c != "bz2"]
+        raise ValueError(f"compression for {format} must be one of {allowed}; got {compression!r}")
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1; got {n_shards}")
+
+
 def write_shards(
     tables: Iterable[pa.Table], out_dir: str, n_shards: int, format: str = "csv", compression: str = "none"
 ) -> list[str]:
@@ -315,13 +326,7 @@ def write_shards(
     list of str
         The paths written.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}; got {format!r}")
-    if compression not in COMPRESSIONS or (format == "parquet" and compression == "bz2"):
-        allowed = [c for c in COMPRESSIONS if format == "csv" or c != "bz2"]
-        raise ValueError(f"compression for {format} must be one of {allowed}; got {compression!r}")
-    if n_shards < 1:
-        raise ValueError(f"n_shards must be >= 1; got {n_shards}")
+    check_shard_arguments(n_shards, format, compression)
     os.makedirs(out_dir, exist_ok=True)
     paths = shard_paths(out_dir, n_shards, format, compression)
     tables = iter(tables)
@@ -393,17 +398,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skew", type=float, default=1.0, help="Zipf exponent of item popularity (default: %(default)s)"
     )
     parser.add_argument(
-        "--compression", choices=COMPRESSIONS, default="none", help="compression (default: %(default)s)"
+        "--compression",
+        choices=COMPRESSIONS,
+        default="none",
+        help="CSV: of the whole file; Parquet: the column codec, bz2 excepted (default: %(default)s)",
     )
     parser.add_argument("--rating-min", type=float, default=0.5, help="smallest rating (default: %(default)s)")
     parser.add_argument("--rating-max", type=float, default=5.0, help="largest rating (default: %(default)s)")
     parser.add_argument("--rating-step", type=float, default=0.5, help="rating granularity (default: %(default)s)")
     parser.add_argument("--string-ids", action="store_true", help="write ids as strings (u17, i3)")
     parser.add_argument("--save-truth", action="store_true", help=f"also write the planted factors to {TRUTH_FILE}")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the ratings files (and planted factors) an earlier run wrote to --out",
+    )
+
+
+def earlier_output(out_dir: str) -> list[str]:
+    """The files an earlier run wrote to ``out_dir``: ratings shards and the planted factors."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = sorted(name for name in os.listdir(out_dir) if name.startswith("ratings-") or name == TRUTH_FILE)
+    return [os.path.join(out_dir, name) for name in names]
 
 
 def main(args: argparse.Namespace) -> int:
-    """Generate ratings as parsed by :func:`add_arguments`, write them, print what was written."""
+    """Generate ratings as parsed by :func:`add_arguments`, write them, print what was written.
+
+    An earlier data set in ``--out`` is replaced only with ``--overwrite``: left in place,
+    another run's shards (a different count) or planted factors would mix with these and be
+    read as one data set.
+
+    Raises
+    ------
+    FileExistsError
+        ``--out`` holds an earlier data set and ``--overwrite`` was not given.
+    """
+    earlier = earlier_output(args.out)
+    if earlier and not args.overwrite:
+        raise FileExistsError(
+            f"{args.out} already holds a generated data set ({len(earlier)} files, e.g. {os.path.basename(earlier[0])}); "
+            "pass --overwrite to replace it"
+        )
     tables = generate_ratings(
         args.users,
         args.items,
@@ -417,7 +454,12 @@ def main(args: argparse.Namespace) -> int:
         rating_step=args.rating_step,
         string_ids=args.string_ids,
     )
-    paths = write_shards(tables, args.out, args.shards, args.format, args.compression)
+    check_shard_arguments(args.shards, args.format, args.compression)
+    tables = iter(tables)
+    first = next(tables)  # invalid generator arguments fail here, before anything is deleted
+    for path in earlier:
+        os.remove(path)
+    paths = write_shards(itertools.chain([first], tables), args.out, args.shards, args.format, args.compression)
     print(f"wrote {args.ratings} ratings ({args.users} users x {args.items} items) to {len(paths)} files:")
     for path in paths:
         print(f"  {path}")

@@ -236,8 +236,8 @@ SAMPLE = pathlib.Path(__file__).parent.parent / "sample_data"
 
 
 def test_bundled_sample_is_reproduced_by_the_readme_command(tmp_path, capsys):
-    command = next(line for line in (SAMPLE / "README.md").read_text().splitlines() if "pipeline.generate" in line)
-    argv = command.split()[3:]
+    command = next(line for line in (SAMPLE / "README.md").read_text().splitlines() if "nnmf-pipeline generate" in line)
+    argv = command.split()[2:]
     argv[argv.index("--out") + 1] = str(tmp_path)
     parser = argparse.ArgumentParser()
     generate.add_arguments(parser)
@@ -275,3 +275,25 @@ def test_bundled_sample_reads_and_validates_cleanly():
             label="FourShards",
         )
         assert_that(validated.rejected, equal_to([]), label="NothingRejected")
+
+
+def test_an_earlier_data_set_is_replaced_only_with_overwrite(tmp_path, capsys):
+    """Left in place, an earlier run's shards (another count) would be read with the new ones
+    as one data set; invalid arguments never delete it."""
+    from pipeline.cli import main as cli_main
+
+    out = str(tmp_path / "g")
+    small = ["--out", out, "--users", "20", "--items", "10", "--ratings", "100"]
+    assert cli_main(["generate", *small, "--shards", "4", "--save-truth"]) == 0
+    first = sorted(p.name for p in pathlib.Path(out).iterdir())
+    assert len(first) == 5
+
+    assert cli_main(["generate", *small, "--shards", "2"]) == 1
+    assert "already holds a generated data set (5 files" in capsys.readouterr().err
+    for bad in (["--shards", "0"], ["--format", "parquet", "--compression", "bz2"], ["--ratings", "0"]):
+        assert cli_main(["generate", *small, *bad, "--overwrite"]) == 2
+        assert capsys.readouterr().err.startswith("nnmf-pipeline generate: error: ")
+    assert sorted(p.name for p in pathlib.Path(out).iterdir()) == first
+
+    assert cli_main(["generate", *small, "--shards", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in pathlib.Path(out).iterdir()) == ["ratings-00000-of-00002.csv", "ratings-00001-of-00002.csv"]
