@@ -8,7 +8,6 @@ GPU workers need the full ``tensorflow`` build instead: install with the ``gpu``
 ``NNMF_TENSORFLOW=tensorflow`` so the default CPU build is not also required (see README).
 """
 
-import glob
 import os
 
 from setuptools import find_packages, setup
@@ -25,8 +24,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nnmf_tf", "nnmf_tf.*", "pipeline", "pipeline.*"]),
-    # Run configurations travel with the code (workers receive the parsed config itself).
-    data_files=[("share/nnmf-pipeline/configs", sorted(glob.glob("configs/*.yaml")))],
     install_requires=[
         f"{TENSORFLOW}>=2.16",
         "numpy>=1.26",

@@ -68,16 +68,6 @@ def test_wheel_ships_the_key_modules(wheel_names):
         assert name in wheel_names
 
 
-def test_wheel_ships_every_run_configuration(wheel_names):
-    """setup.py installs configs/*.yaml as data files under share/nnmf-pipeline/configs."""
-    expected = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-    assert "local.yaml" in expected
-    shipped = sorted(
-        Path(name).name for name in wheel_names if name.endswith(".yaml") and "/configs/" in f"/{name}"
-    )
-    assert shipped == expected, f"configs in the wheel: {shipped}; in the repository: {expected}"
-
-
 def test_wheel_declares_the_console_script(wheel, wheel_names):
     [entry_points] = [name for name in wheel_names if name.endswith(".dist-info/entry_points.txt")]
     with zipfile.ZipFile(wheel) as archive:
