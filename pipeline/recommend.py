@@ -59,8 +59,8 @@ class _ItemSide:
     depend on the block layout). So top-N runs on the items laid out in id order.
     """
 
-    factors: FactorBlock
-    """Factors (and biases) in global order."""
+    by_id: FactorBlock
+    """Factors (and biases) in id order."""
     ids: np.ndarray
     """Item ids in global order."""
     id_order: np.ndarray
@@ -72,11 +72,14 @@ class _ItemSide:
 
     @classmethod
     def of(cls, factors: FactorBlock, ids: np.ndarray, counts: np.ndarray) -> "_ItemSide":
+        """The side of items with ``factors``, ``ids`` and training rating ``counts``, all in
+        global order."""
         id_order = np.argsort(ids, kind="stable")
         position = np.empty(len(ids), np.int64)
         position[id_order] = np.arange(len(ids))
         popularity_order = np.argsort(-counts[id_order], kind="stable")
-        return cls(factors, ids, id_order, position, popularity_order)
+        by_id = FactorBlock(factors.factors[id_order], None if factors.bias is None else factors.bias[id_order])
+        return cls(by_id, ids, id_order, position, popularity_order)
 
 
 class RecommendAndEvaluateFn(beam.DoFn):
@@ -121,8 +124,7 @@ class RecommendAndEvaluateFn(beam.DoFn):
         # One extra all-zero user row scores the fallback ranking for held-out users unseen in training.
         w = np.vstack([own.factors, np.zeros((1, self._params.rank), np.float32)])
         ub = None if own.bias is None else np.append(own.bias, np.float32(0.0))
-        item_bias = None if side.factors.bias is None else side.factors.bias[side.id_order]
-        h = side.factors.factors[side.id_order]
+        h, item_bias = side.by_id.factors, side.by_id.bias
         model = Factors(w, h, ub, item_bias, mean) if self._params.bias else Factors(w, h)
         n_users = len(block.ids)
         exclude = None
