@@ -128,7 +128,10 @@ class SolverParams:
         problems += check_float("tol", self.tol, 0.0, 1.0)
         problems += check_int("inner_max_iter", self.inner_max_iter, 1)
         problems += check_float("inner_tol", self.inner_tol, 0.0, 1.0)
-        problems += check_int("seed", self.seed, 0)
+        seed_problems = check_int("seed", self.seed, 0)
+        if not seed_problems and self.seed >= 2**63:  # it seeds 64-bit hashes
+            seed_problems = [f"seed must be below 2**63 for NNMF; got {self.seed!r}"]
+        problems += seed_problems
         if self.init_scale is not None:
             problems += check_float("init_scale", self.init_scale, 0.0, low_open=True)
         if self.objective not in OBJECTIVES:

@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     try:
         metrics = run(config, beam_args)
     except WarmStartError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {config.source}: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except (OutputExistsError, FileNotFoundError, InputStructureError, UnusableInputError, NNMFFitError) as error:
         print(f"error: {error}", file=sys.stderr)

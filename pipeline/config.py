@@ -47,11 +47,14 @@ class _Loader(yaml.SafeLoader):
     """
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes the strings :class:`_Loader` would read as floats
+    (``'1e3'``), so that a dumped configuration loads back equal."""
+
+
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _resolving in (_Loader, _Dumper):
+    _resolving.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
 
 
 def _load_yaml(stream) -> Any:
@@ -117,6 +120,10 @@ def int_at_least(low: int) -> Constraint:
     return Constraint(f"an int >= {low}", lambda value: _is_int(value) and value >= low)
 
 
+SEED = Constraint(f"an int in [0, {2**63 - 1}]", lambda value: _is_int(value) and 0 <= value < 2**63)
+"""Seeds are mixed into 64-bit hashes: a larger one would alias a smaller one or overflow."""
+
+
 def number_in(low: float, high: float, *, high_open: bool = False) -> Constraint:
     """A finite number in ``[low, high]``, or ``[low, high)`` when ``high_open``."""
     closing = ")" if high_open else "]"
@@ -137,7 +144,10 @@ NUMBER = Constraint("a finite number", _is_number)
 COLUMN = Constraint(
     "a column name or an int position >= 0", lambda value: _is_text(value) or (_is_int(value) and value >= 0)
 )
-CHARACTER = Constraint("a single character", lambda value: isinstance(value, str) and len(value) == 1)
+DELIMITER = Constraint(
+    "a single character other than a quote or a line break",
+    lambda value: isinstance(value, str) and len(value) == 1 and value not in "\"\r\n",
+)
 
 
 def _is_option_value(value: Any) -> bool:
@@ -196,7 +206,7 @@ class InputConfig(_Section):
         "path": TEXT,
         "format": one_of(FORMATS),
         "header": BOOL,
-        "delimiter": CHARACTER.or_null(),
+        "delimiter": DELIMITER.or_null(),
         "compression": one_of(COMPRESSIONS),
         "user_column": COLUMN,
         "item_column": COLUMN,
@@ -338,7 +348,7 @@ class SplitConfig(_Section):
     SECTION: ClassVar[str] = "split"
     CONSTRAINTS: ClassVar[Mapping[str, Constraint]] = {
         "holdout_fraction": number_in(0, 1, high_open=True),
-        "seed": int_at_least(0),
+        "seed": SEED,
     }
 
     holdout_fraction: float = 0.2
@@ -633,7 +643,8 @@ def _is_local(path: str) -> bool:
 
 
 def _resolve_paths(values: dict[str, dict], source: str) -> None:
-    """Make local paths absolute (in place): input against the config folder, output against the cwd."""
+    """Make local paths absolute (in place): input against the config folder; output, the
+    warm-start folder and the XLA cache against the cwd."""
     input_path = values["input"].get("path")
     if _is_text(input_path) and _is_local(input_path):
         folder = os.path.dirname(os.path.abspath(source))
@@ -644,6 +655,9 @@ def _resolve_paths(values: dict[str, dict], source: str) -> None:
     output_path = values["output"].get("path")
     if _is_text(output_path) and _is_local(output_path):
         values["output"]["path"] = os.path.abspath(os.path.expanduser(output_path))
+    cache = values.get("compute", {}).get("xla_cache_dir")
+    if _is_text(cache) and _is_local(cache):
+        values["compute"]["xla_cache_dir"] = os.path.abspath(os.path.expanduser(cache))
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> RunConfig:
@@ -722,5 +736,5 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def dump_yaml(config: RunConfig) -> str:
     """The configuration as a YAML document (see :func:`to_dict`), headed by its source file."""
-    body = yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    body = yaml.dump(to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return f"# Resolved from {config.source or '<code>'}\n{body}"

@@ -164,6 +164,31 @@ def test_exponent_floats_are_numbers_in_the_file_and_in_overrides(tmp_path):
     assert config.input.user_column == "e5"
 
 
+def test_dumped_config_loads_back_equal_with_float_like_strings(tmp_path):
+    """Strings that read as floats (``'1e3'``) are quoted by the dump, so they stay strings."""
+    path = write(tmp_path, MINIMAL)
+    config = load_config(path, ["input.user_column='1e3'", "beam.options.job_name='2E+5'"])
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(dump_yaml(config))
+    again = load_config(str(dumped))
+    assert again.input.user_column == "1e3" and again.beam.options["job_name"] == "2E+5"
+    assert to_dict(again) == to_dict(config)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("input.delimiter='\"'", "input.delimiter must be a single character other than a quote or a line break"),
+        ('input.delimiter="\\n"', "input.delimiter must be a single character other than a quote or a line break"),
+        (f"split.seed={2**64}", "split.seed must be an int in [0, 9223372036854775807]"),
+        (f"model.seed={2**70}", "model.seed must be below 2**63"),
+    ],
+)
+def test_values_that_cannot_work_are_config_errors(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, MINIMAL), [override])
+
+
 def test_later_overrides_win(tmp_path):
     config = load_config(write(tmp_path, MINIMAL), ["model.rank=3", "model.rank=5"])
     assert config.model.rank == 5
@@ -229,7 +254,7 @@ def test_wrong_types_and_ranges_are_reported_together(tmp_path):
         "input.header must be true or false; got 1",
         "validation.max_rejected_fraction must be a number in [0, 1]; got 1.5",
         "split.holdout_fraction must be a number in [0, 1); got 1.0",
-        "split.seed must be an int >= 0; got -1",
+        "split.seed must be an int in [0, 9223372036854775807]; got -1",
         "blocks.user_blocks must be an int >= 1; got 2.5",
         "compute.strategy must be one of ['default', 'mirrored']; got 'tpu'",
         "recommend.exclude_rated must be true or false; got 'no'",

@@ -277,6 +277,8 @@ def _published_run(folder: Path, rank: int, id_type: pa.DataType) -> None:
         (None, [], "is not a published run"),
         ((8, pa.int64()), ["--set", "model.rank=4"], "has factors of rank 8; this run has rank 4"),
         ((4, pa.string()), ["--set", "model.rank=4"], "has user_id of type string; this run expects int64"),
+        ((4, pa.int64()), ["--set", "model.rank=4", "--set", "model.bias=false"],
+         "was fitted with model.bias=true; this run has model.bias=false"),
     ],
 )
 def test_cli_reports_an_unusable_warm_start_as_a_config_error(small_input, tmp_path, capsys, previous, overrides, message):
@@ -292,6 +294,6 @@ def test_cli_reports_an_unusable_warm_start_as_a_config_error(small_input, tmp_p
     ])
     assert status == 2
     err = capsys.readouterr().err
-    assert f"error: input.init_from: {previous_folder}" in err and message in err
+    assert f"error: {LOCAL_CONFIG}: input.init_from: {previous_folder}" in err and message in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists() and not Path(staging_path(str(tmp_path / "out"))).exists()
