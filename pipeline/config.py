@@ -36,29 +36,6 @@ DUPLICATE_POLICIES = ("latest", "first", "last")
 STRATEGIES = ("default", "mirrored")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3``, ``1E5`` and ``1.0e30`` as floats.
-
-    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``reg: 1e-3``
-    would load as the text ``'1e-3'`` and fail validation. YAML 1.2, and every other YAML
-    reader, take these as numbers.
-    """
-
-
-class _Dumper(yaml.SafeDumper):
-    """``yaml.SafeDumper`` that quotes the strings :class:`_Loader` would read as floats
-    (``'1e3'``), so that a dumped configuration loads back equal."""
-
-
-_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-for _resolving in (_Loader, _Dumper):
-    _resolving.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
-
-
-def _load_yaml(stream) -> Any:
-    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 _OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MISSING = object()
 """Stands for a required key the file does not set."""
@@ -580,6 +557,30 @@ def _unchecked(cls: type, values: Mapping[str, Any]) -> Any:
 def _model_errors(params: SolverParams) -> list[str]:
     """``SolverParams.errors()`` reworded as ``model.<key> ...`` messages."""
     return ["model." + message.replace(" for NNMF;", ";", 1) for message in params.errors()]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``1E5`` and ``1.0e30`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``reg: 1e-3``
+    would load as the text ``'1e-3'`` and fail validation. YAML 1.2, and every other YAML
+    reader, take these as numbers.
+    """
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes the strings :class:`_Loader` would read as floats
+    (``'1e3'``), so that a dumped configuration loads back equal."""
+
+
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _resolving in (_Loader, _Dumper):
+    _resolving.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
+
+
+def _load_yaml(stream) -> Any:
+    """Plain YAML from ``stream`` (a safe loader: no Python objects), with YAML 1.2 floats."""
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _read_yaml(path: str) -> tuple[Any, list[str]]:

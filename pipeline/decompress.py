@@ -75,6 +75,13 @@ class DecompressedFile:
         self._pending = data[size:]
         return data[:size] if self._pending else data
 
+    def _skip_zero_padding(self, data: bytes) -> bytes:
+        """``data`` and what follows it without the zero bytes some tools pad gzip files with
+        after a member (``gzip.open`` ignores them too)."""
+        while data and not data.strip(b"\0"):
+            data = self._raw.read(_COMPRESSED_READ_BYTES)
+        return data.lstrip(b"\0")
+
     def _next_chunk(self) -> bytes:
         """The next decompressed bytes (possibly few), ``b""`` once the last stream has ended.
 
@@ -86,6 +93,8 @@ class DecompressedFile:
         while True:
             if self._decompressor.eof:
                 data = self._decompressor.unused_data or self._raw.read(_COMPRESSED_READ_BYTES)
+                if self._compression == CompressionTypes.GZIP:
+                    data = self._skip_zero_padding(data)
                 if not data:
                     return b""
                 self._decompressor = _DECOMPRESSORS[self._compression]()

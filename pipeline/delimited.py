@@ -146,8 +146,6 @@ class _Record(NamedTuple):
     error: str | None
 
 
-
-
 def read_delimited(path: str, settings: ReadSettings) -> Iterator[pa.Table]:
     """Raw batches of a CSV/TSV file, block by block.
 

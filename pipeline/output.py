@@ -63,8 +63,10 @@ def _is_file(path: str) -> bool:
 
 
 def _holds_files(folder: str) -> bool:
-    """Whether any file lies anywhere under ``folder`` (hidden files included)."""
-    return bool(FileSystems.match([join(folder, "**")], limits=[1])[0].metadata_list)
+    """Whether any file lies anywhere under ``folder`` (hidden files included). Object stores'
+    folder placeholders (empty objects named ``.../``, as consoles create) are not files."""
+    found = FileSystems.match([join(folder, "**")], limits=[100])[0].metadata_list
+    return any(not (m.path.endswith("/") and m.size_in_bytes == 0) for m in found)
 
 
 def _inside(path: str, folder: str) -> bool:

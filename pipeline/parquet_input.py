@@ -59,6 +59,12 @@ def _parquet_columns(schema: pa.Schema, settings: ReadSettings, path: str) -> di
                     f"{path}: {setting} is position {spec} but the file has {len(schema)} columns"
                 )
             field = schema.field(spec)
+        elif schema.names.count(spec) > 1:
+            where = ", ".join(map(str, schema.get_all_field_indices(spec)))
+            raise InputStructureError(
+                f"{path}: the file has {schema.names.count(spec)} columns named {spec!r} ({setting}), at positions "
+                f"{where}; it must have one"
+            )
         elif spec in schema.names:
             field = schema.field(spec)
         else:

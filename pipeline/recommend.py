@@ -31,13 +31,20 @@ EVALUATION = "evaluation"
 TOPN_USERS, TOPN_ITEMS = 512, 81920
 
 
+def _mapped(indices: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """``mapping[indices]`` where an index is set, -1 where it is -1 (also when ``mapping`` is empty)."""
+    if len(mapping) == 0:
+        return np.full(np.shape(indices), -1, np.int64)
+    return np.where(indices >= 0, mapping[np.maximum(indices, 0)], -1)
+
+
 def _fallback_scores(block: RatingsBlock, model, mean: float, position: np.ndarray) -> np.ndarray:
     """Predictions for held-out pairs: the model where both ids are known, else the fallback
     (global mean, plus any known bias). ``model`` holds the items at ``position[global index]``."""
     from nnmf_tf.model import predict
 
     rows, cols = block.heldout.rows, block.heldout.cols
-    cols = np.where(cols >= 0, position[np.maximum(cols, 0)], -1)
+    cols = _mapped(cols, position)
     known = (rows >= 0) & (cols >= 0)
     out = np.full(len(rows), mean, np.float64)
     if known.any():
@@ -135,7 +142,7 @@ class RecommendAndEvaluateFn(beam.DoFn):
         if len(side.ids):
             # top_n breaks ties by ascending item index: on the items in id order, that is by id.
             by_position, scores = top_n(model, n, exclude=exclude, user_block_size=TOPN_USERS, item_block_size=TOPN_ITEMS)
-            items = np.where(by_position >= 0, side.id_order[np.maximum(by_position, 0)], -1)
+            items = _mapped(by_position, side.id_order)
         else:
             items, scores = np.full((n_users + 1, n), -1, np.int64), np.full((n_users + 1, n), -np.inf, np.float32)
         yield recommendation_table(self._schema, block.ids, side.ids, items[:n_users, : self._top_n], scores[:n_users, : self._top_n])
@@ -145,7 +152,7 @@ class RecommendAndEvaluateFn(beam.DoFn):
             return
         # Popularity baseline: the most-rated training items, the same exclusions, the global mean.
         popular = popularity_top_n(side.popularity_order, self._k, n_users + 1, exclude)
-        popular = np.where(popular >= 0, side.id_order[np.maximum(popular, 0)], -1)
+        popular = _mapped(popular, side.id_order)
         sums = {
             "model": _evaluation_sums(held, _fallback_scores(block, model, mean, side.position), items, n_users, self._k, self._threshold, self._clip),
             "baseline": _evaluation_sums(held, np.full(len(held.values), mean), popular, n_users, self._k, self._threshold, self._clip),

@@ -76,3 +76,26 @@ def test_ties_rank_by_ascending_item_id_whatever_the_item_blocks():
         assert sums[which]["ranked_users"] == 1
         assert sums[which]["precision_sum"] == pytest.approx(0.5)
         assert sums[which]["recall_sum"] == pytest.approx(0.5)
+
+
+def test_a_model_without_items_recommends_nothing_and_still_evaluates():
+    """Every training rating held out: no item has factors. The block gets an empty table and
+    its held-out ratings are scored by the fallback (the global mean)."""
+    from nnmf_tf.params import SolverParams
+    from pipeline.blocks import FactorBlock, HeldOut, RatingsBlock
+    from pipeline.config import ComputeConfig
+    from pipeline.recommend import RecommendAndEvaluateFn
+    from pipeline.tables import recommendation_schema
+
+    ratings = SparseRatings(np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32), (1, 0))
+    heldout = HeldOut(np.array([0]), np.array([-1]), np.array([4.0], np.float32), np.array([0]))
+    block = RatingsBlock("user", 0, np.array([10]), ratings, heldout)
+    fn = RecommendAndEvaluateFn(SolverParams(rank=2, bias=False), ComputeConfig(), 3, True, 2, 4.0, (0.5, 5.0),
+                                recommendation_schema("int", "int"))
+    items = {0: FactorBlock(np.zeros((0, 2), np.float32))}
+    outputs = list(fn._process(block, {0: FactorBlock(np.zeros((1, 2), np.float32))}, items, {0: np.zeros(0, np.int64)},
+                               {0: np.zeros(0, np.int64)}, 3.0))
+    assert outputs[0].num_rows == 0
+    sums = outputs[1].value
+    assert sums["model"]["n"] == 1 and sums["model"]["sse"] == pytest.approx(1.0)
+    assert sums["model"]["ranked_users"] == 1 and sums["model"]["precision_sum"] == 0.0

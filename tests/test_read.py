@@ -385,7 +385,7 @@ def test_settings_are_checked(overrides, message):
         ReadSettings(path="x.csv", **overrides)
 
 
-# ----------------------------------------------------------------------------- defects found by review
+# ----------------------------------------------------------------------------- compressed streams, records, headerless lines
 
 
 def _read(path: str, **settings) -> list[dict]:
@@ -525,8 +525,32 @@ def test_without_header_a_line_needs_only_the_configured_positions(tmp_path, tim
 
 
 def test_without_header_a_short_first_line_does_not_abort_the_file(tmp_path):
-    path = _write(tmp_path / "r.csv", b"1,2,3\n")
-    _apply(ReadSettings(path=path, header=False, user_column=0, item_column=1, rating_column=2, timestamp_column=3))
+    """The pipeline is built (no structural error) and the short line is one rejected row."""
+    path = _write(tmp_path / "r.csv", b"1,2,3\n4,5,6,7\n")
+    settings = dict(header=False, user_column=0, item_column=1, rating_column=2, timestamp_column=3)
+    _apply(ReadSettings(path=path, **settings))
+    rows = _read(path, **settings)
+    assert [(r["row"], r["user_id"], r["parse_error"]) for r in rows] == [
+        (1, None, "timestamp_column is position 3 but the line has 3 columns"),
+        (2, b"4", None),
+    ]
+
+
+def test_parquet_naming_a_configured_column_twice_names_file_and_column(tmp_path):
+    path = str(tmp_path / "r.parquet")
+    pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3.0]), pa.array([4.0])],
+                                        names=["user_id", "item_id", "rating", "rating"]), path)
+    with pytest.raises(InputStructureError, match=re.escape(path) + r": the file has 2 columns named 'rating' "
+                       r"\(rating_column\), at positions 2, 3"):
+        _apply(ReadSettings(path=path, format="parquet"))
+
+
+def test_gzip_padded_with_zero_bytes_reads_like_gzip_open(tmp_path):
+    """Some tools pad gzip files with zero bytes after the last member; gzip.open ignores them."""
+    data = b"user_id,item_id,rating\n1,2,3\n"
+    path = _write(tmp_path / "r.csv.gz", gzip.compress(data) + b"\0" * 1000)
+    assert gzip.open(path).read() == data
+    assert [(r["row"], r["user_id"]) for r in _read(path)] == [(2, b"1")]
 
 
 def test_corrupt_parquet_names_the_file(tmp_path):

@@ -24,7 +24,7 @@ from nnmf_tf.solver import fit
 from pipeline.config import load_config
 from pipeline.generate import generate_ratings, write_shards
 from pipeline.blocks import FactorBlock
-from pipeline.main import run
+from pipeline.main import UnusableInputError, run
 from pipeline.output import SUCCESS, OutputExistsError, publish, staging_path
 from pipeline.warm_start import warm_factors
 
@@ -229,6 +229,30 @@ def test_empty_existing_output_folder_is_published_into(small_input, tmp_path):
     assert (tmp_path / "out" / SUCCESS).exists() and (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_object_store_folder_placeholders_are_not_files(monkeypatch):
+    """Consoles create an empty ``out/`` object for a new folder on GCS or S3: such a folder is
+    empty, not a folder of other files."""
+    import posixpath
+
+    from apache_beam.io.filesystem import FileMetadata
+
+    import pipeline.output as output_module
+
+    listed = {"gs://bucket/out/**": [FileMetadata("gs://bucket/out/", 0), FileMetadata("gs://bucket/out/sub/", 0)]}
+
+    class _Match:
+        def __init__(self, pattern):
+            self.metadata_list = listed.get(pattern, [])
+
+    monkeypatch.setattr(output_module, "join", posixpath.join)  # gs:// without the gcp extra
+    monkeypatch.setattr(output_module.FileSystems, "exists", staticmethod(lambda path: False))
+    monkeypatch.setattr(output_module.FileSystems, "match", staticmethod(lambda patterns, limits=None: [_Match(p) for p in patterns]))
+    output_module.check_output("gs://bucket/out", overwrite=False)
+    listed["gs://bucket/out/**"].append(FileMetadata("gs://bucket/out/notes.txt", 12))
+    with pytest.raises(OutputExistsError, match="holds files but is not a published run"):
+        output_module.check_output("gs://bucket/out", overwrite=False)
+
+
 def test_publish_checks_the_output_again(tmp_path):
     """Files that appeared at the output while the run worked are not deleted by publish."""
     staging = tmp_path / "out.staging"
@@ -248,7 +272,7 @@ def test_zero_accepted_ratings_fail_and_publish_nothing(tmp_path):
     (tmp_path / "in" / "a.csv").write_text("user_id,item_id,rating,timestamp\n")
     (tmp_path / "in" / "b.csv").write_text("")
     glob = str(tmp_path / "in" / "*.csv")
-    with pytest.raises(ValueError, match=r"no ratings accepted from 2 files matching '.*in/\*\.csv': 0 rows read, 0 rejected"):
+    with pytest.raises(UnusableInputError, match=r"no ratings accepted from 2 files matching '.*in/\*\.csv': 0 rows read, 0 rejected"):
         run(_config(tmp_path, glob, "out"))
     assert not (tmp_path / "out").exists()
     assert not list(Path(staging_path(str(tmp_path / "out")), "user_factors").glob("*.parquet"))
