@@ -32,6 +32,7 @@ from pipeline.output import join
 
 _loaded: dict[tuple[str, str], RatingsBlock] = {}  # (folder, path) -> block
 _derived: dict[tuple[str, str, str], object] = {}  # (folder, path, name) -> value
+_building: dict[tuple[str, str, str], threading.Lock] = {}  # one lock per value being built
 _lock = threading.Lock()
 
 T = TypeVar("T")
@@ -87,9 +88,18 @@ def derived(stored: StoredBlock, name: str, build: Callable[[RatingsBlock], T]) 
     with _lock:
         if key in _derived:
             return _derived[key]
-    value = build(load_block(stored))
-    with _lock:
-        return _derived.setdefault(key, value)
+        building = _building.setdefault(key, threading.Lock())
+    # Bundles running at once (multi-threaded runners) wait for one build instead of each
+    # holding a copy of the value while it is built.
+    with building:
+        with _lock:
+            if key in _derived:
+                return _derived[key]
+        value = build(load_block(stored))
+        with _lock:
+            _derived[key] = value
+            _building.pop(key, None)
+        return value
 
 
 def forget(folder: str) -> None:
@@ -100,3 +110,5 @@ def forget(folder: str) -> None:
             del _loaded[key]
         for key in [key for key in _derived if key[0] == folder]:
             del _derived[key]
+        for key in [key for key in _building if key[0] == folder]:
+            del _building[key]

@@ -97,3 +97,24 @@ def test_a_derived_value_is_built_once_per_block_and_name_and_forgotten_with_the
     block_store.forget(folder)
     block_store.derived(first, "nnz", build)  # read back from the file, derived again
     assert built == [0, 1, 0, 0]
+
+
+def test_a_derived_value_is_built_once_when_asked_for_at_once(folder):
+    """Two threads missing the value together: one builds it, the other waits and shares it."""
+    import threading
+    import time
+
+    stored = block_store.store_block(_block("item", 2, seed=6), folder)
+    built, results = [], []
+
+    def build(block: RatingsBlock) -> object:
+        built.append(block.block)
+        time.sleep(0.2)
+        return object()
+
+    threads = [threading.Thread(target=lambda: results.append(block_store.derived(stored, "slow", build))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert built == [2] and results[0] is results[1]
