@@ -532,7 +532,8 @@ def print_report(rows: list[dict], args) -> None:
               f"(popularity baseline NDCG@10 {m.get('baseline_ndcg_at_10', float('nan')):.4f}), "
               f"final train loss {m.get(f'train_loss_{args.iterations}', float('nan')):.1f}")
 
-    print("\nHalf-step kernel efficiency (in-process, same blocks; FLOPs = 2·nnz·k² Grams + 2·rows·k² per inner step):")
+    if any(row.get("kernel") for row in rows):
+        print("\nHalf-step kernel efficiency (in-process, same blocks; FLOPs = 2·nnz·k² Grams + 2·rows·k² per inner step):")
     for row in rows:
         kernel = row.get("kernel")
         if not kernel:
