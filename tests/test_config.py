@@ -406,9 +406,12 @@ def test_relative_input_path_is_resolved_against_the_config_folder(tmp_path, mon
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    config = load_config(os.path.relpath(path))
+    config = load_config(os.path.relpath(path), ["compute.xla_cache_dir=cache/xla", "input.init_from=runs/old"])
     assert config.input.path == str(tmp_path / "data" / "ratings-*.csv")
     assert config.output.path == str(elsewhere / "runs" / "a")
+    # Folders a run writes or reads back follow the working directory, as the output does.
+    assert config.compute.xla_cache_dir == str(elsewhere / "cache" / "xla")
+    assert config.input.init_from == str(elsewhere / "runs" / "old")
 
 
 @pytest.mark.parametrize("location", ["gs://bucket/r-*.parquet", "s3://bucket/r-*.csv", "/abs/r-*.csv"])
