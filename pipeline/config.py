@@ -650,15 +650,10 @@ def _resolve_paths(values: dict[str, dict], source: str) -> None:
     if _is_text(input_path) and _is_local(input_path):
         folder = os.path.dirname(os.path.abspath(source))
         values["input"]["path"] = os.path.abspath(os.path.join(folder, os.path.expanduser(input_path)))
-    init_from = values["input"].get("init_from")
-    if _is_text(init_from) and _is_local(init_from):
-        values["input"]["init_from"] = os.path.abspath(os.path.expanduser(init_from))
-    output_path = values["output"].get("path")
-    if _is_text(output_path) and _is_local(output_path):
-        values["output"]["path"] = os.path.abspath(os.path.expanduser(output_path))
-    cache = values.get("compute", {}).get("xla_cache_dir")
-    if _is_text(cache) and _is_local(cache):
-        values["compute"]["xla_cache_dir"] = os.path.abspath(os.path.expanduser(cache))
+    for section, key in (("input", "init_from"), ("output", "path"), ("compute", "xla_cache_dir")):
+        path = values.get(section, {}).get(key)
+        if _is_text(path) and _is_local(path):
+            values[section][key] = os.path.abspath(os.path.expanduser(path))
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> RunConfig:
