@@ -24,6 +24,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nnmf_tf", "nnmf_tf.*", "pipeline", "pipeline.*"]),
+    # The native half-step kernel ships as source: it is built on first use against the
+    # TensorFlow installed next to it (nnmf_tf/native.py).
+    package_data={"nnmf_tf": ["kernels/*.cc"]},
     install_requires=[
         f"{TENSORFLOW}>=2.16",
         "numpy>=1.26",

@@ -29,6 +29,12 @@ divided by the step size) fell below ``inner_tol`` times its projected-gradient 
 warm start; a finished row is frozen, so a row's result depends on its own data only — not
 on which rows share its chunk, block or replica.
 
+On CPUs, sparse ratings go through a native kernel (:mod:`nnmf_tf.native`) that builds
+each row's Gram and solves its subproblem in one pass, the same computation 4-5x faster
+than the TensorFlow ops below; ``SolverParams.kernel`` chooses (see
+:func:`uses_native_kernel`). The TensorFlow ops serve GPUs, dense ratings and machines
+where the native kernel cannot be built.
+
 The same function updates the other side on the transposed problem (as scikit-learn's
 coordinate-descent NMF does). Rows are processed in chunks that bound memory; chunks are
 spread over the replicas of the ``tf.distribute`` strategy given (or, with one replica,
@@ -49,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from nnmf_tf import native
 from nnmf_tf.data import MaskedDense, Ratings, SparseRatings
 from nnmf_tf.device import compute_threads
 from nnmf_tf.errors import check_array, check_finite
@@ -89,7 +96,10 @@ class HalfStepResult:
         Squared norm of the projected gradient of the rows' loss (data term plus penalty) at
         the rows given (before the update).
     inner_iters : int
-        The largest number of inner steps any chunk took.
+        The largest number of inner steps any row took.
+    row_steps : int
+        The inner steps of all rows together (their useful work: a row stops at its own
+        tolerance).
     """
 
     factors: np.ndarray
@@ -98,6 +108,7 @@ class HalfStepResult:
     penalty: float
     pg_norm_sq: float
     inner_iters: int
+    row_steps: int
 
 
 def _lipschitz_bound(gram: tf.Tensor) -> tf.Tensor:
@@ -145,7 +156,8 @@ def _solve_rows(
 
     Returns
     -------
-    z : (rows, d); objective : (rows,); penalty : (rows,); pg0_sq : (rows,); iterations : ()
+    z : (rows, d); objective : (rows,); penalty : (rows,); pg0_sq : (rows,); steps : (rows,)
+        The steps each row took before it stopped.
     """
     step = (1.0 / tf.maximum(_lipschitz_bound(gram), 1e-12))[:, None]
 
@@ -164,10 +176,10 @@ def _solve_rows(
     # gradient mapping), is within the tolerance.
     move_threshold = threshold * tf.square(step[:, 0])
 
-    def keep_going(i, z, y, t, done):
+    def keep_going(i, z, y, t, done, steps):
         return tf.logical_and(i < max_iter, tf.logical_not(tf.reduce_all(done)))
 
-    def step_once(i, z, y, t, done):
+    def step_once(i, z, y, t, done, steps):
         # One matvec per step, at y. A finished row has y = z and keeps z: it stays exactly
         # where it is.
         z_new = tf.where(done[:, None], z, tf.maximum(y - step * gradient(y), lower))
@@ -178,17 +190,17 @@ def _solve_rows(
         t_new = 0.5 + tf.sqrt(0.25 + t * t)
         beta = tf.where(restart | done_new, 0.0, (t - 1.0) / t_new)[:, None]
         t_new = tf.where(restart, 1.0, t_new)
-        return i + 1, z_new, z_new + beta * dz, t_new, done_new
+        return i + 1, z_new, z_new + beta * dz, t_new, done_new, steps + tf.cast(tf.logical_not(done), tf.int32)
 
-    iterations, z, _, _, _ = tf.while_loop(
-        keep_going, step_once, (tf.constant(0), z0, z0, tf.ones_like(pg0_sq), done0)
+    _, z, _, _, _, steps = tf.while_loop(
+        keep_going, step_once, (tf.constant(0), z0, z0, tf.ones_like(pg0_sq), done0, tf.zeros_like(done0, tf.int32))
     )
     gz = gradient(z)
     # zᵀGz − 2cᵀz + constant with Gz = gz + c; clamped at the true loss's lower bound, 0,
     # which float32 cancellation can cross when a row is fitted exactly.
     objective = tf.maximum(tf.reduce_sum(z * (gz - rhs), axis=1) + sq_targets, 0.0)
     penalty = tf.reduce_sum(penalty_diag * tf.square(z - center), axis=1)
-    return z, objective, penalty, pg0_sq, iterations
+    return z, objective, penalty, pg0_sq, steps
 
 
 def _regularised_solve(
@@ -279,6 +291,78 @@ def _dense_chunk(
     return _compiled_solve(
         gram, rhs, sq_targets, counts, current, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
     )
+
+
+@tf.function(
+    input_signature=[
+        tf.TensorSpec([None], tf.int64, name="row_splits"),
+        tf.TensorSpec([None], tf.int32, name="cols"),
+        tf.TensorSpec([None], tf.float32, name="targets"),
+        *_COMMON_SIGNATURE,
+    ]
+)
+def _native_chunk(
+    row_splits, cols, targets, current, features, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
+):
+    """Solve the rows of one chunk (CSR ``row_splits`` into ``cols`` and ``targets``) with the
+    native kernel; ``features`` are zero-padded to a multiple of 8 columns."""
+    return native.solve_rows_op().nnmf_solve_rows(
+        features, row_splits, cols, targets, current, reg_diag, reg_power, center, lower, base_gram, obs_weight,
+        max_iter, tol,
+    )
+
+
+def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether :func:`half_step` solves sparse ratings with the native kernel.
+
+    ``params.kernel`` ``"tensorflow"``: never. ``"auto"``: when the strategy runs on CPUs only,
+    the row width (rank, plus one with biases) is at most :data:`nnmf_tf.native.MAX_WIDTH`
+    and the kernel builds here. ``"native"``: always, and an error where ``"auto"`` would
+    fall back.
+    """
+    if params.kernel == "tensorflow":
+        return False
+    forced = params.kernel == "native"
+    d = params.rank + int(params.bias)
+    if d > native.MAX_WIDTH:
+        if forced:
+            raise ValueError(f"kernel 'native' handles rank (+1 with bias) up to {native.MAX_WIDTH}; got {d}")
+        return False
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+        devices = list(strategy.extended.worker_devices)
+    else:  # the default strategy places ops on the first GPU, if there is one
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
+    if any("GPU" in device.upper() for device in devices):
+        if forced:
+            raise ValueError(f"kernel 'native' runs on CPUs only; this strategy runs on {devices}")
+        return False
+    if native.solve_rows_op() is None:
+        if forced:
+            raise RuntimeError(f"kernel 'native' is unavailable here: {native.unavailable_reason()}")
+        return False
+    return True
+
+
+def _native_chunks(
+    ratings: SparseRatings, targets: np.ndarray, current: np.ndarray, replicas: int
+) -> tuple[list[tuple], list[np.ndarray], tuple]:
+    """The native kernel's inputs: one chunk per replica, of consecutive rows holding about
+    the same number of entries (the kernel spreads a chunk's rows over the intra-op
+    threads itself); as :func:`_sparse_chunks`."""
+    splits = ratings.row_splits
+    targets = targets.astype(np.float32, copy=False)
+    edges = np.searchsorted(splits, np.linspace(0, ratings.nnz, replicas + 1), side="left")
+    edges[0], edges[-1] = 0, ratings.shape[0]
+    edges = np.maximum.accumulate(edges)
+    row_sets = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [np.arange(0)]
+    chunks = []
+    for rows in row_sets:
+        lo, hi = (splits[rows[0]], splits[rows[-1] + 1]) if len(rows) else (0, 0)
+        chunk_splits = splits[rows[0] : rows[-1] + 2] - lo if len(rows) else np.zeros(1, np.int64)
+        chunks.append((chunk_splits, ratings.cols[lo:hi], targets[lo:hi], current[rows]))
+    idle = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, current.shape[1]), np.float32))
+    return chunks, row_sets, idle
 
 
 def _pieces(splits: np.ndarray, cols: np.ndarray, n_cols: int, padding: int) -> tuple[np.ndarray, ...]:
@@ -481,8 +565,8 @@ def half_step(
         This side's current factors: the warm start.
     params : SolverParams
         ``rank``, ``reg``, ``reg_exponent``, ``factor_center``, ``bias``, ``bias_reg``,
-        ``bias_reg_exponent``, ``inner_max_iter``, ``inner_tol``, ``objective`` and
-        ``unobserved_weight`` are used.
+        ``bias_reg_exponent``, ``inner_max_iter``, ``inner_tol``, ``objective``,
+        ``unobserved_weight`` and ``kernel`` are used.
     other_bias, current_bias : np.ndarray of shape (n_other,) / (n_rows,), optional
         Required when ``params.bias``.
     global_mean : float, default=0.0
@@ -491,7 +575,8 @@ def half_step(
         Chunks of rows are spread over its replicas; default: the default strategy.
     layout : SparseLayout, optional
         ``sparse_layout(ratings, params)``, built once by a caller that updates the same
-        sparse ratings again and again; default: built here.
+        sparse ratings again and again; default: built here. Only the TensorFlow ops use
+        it: with the native kernel (:func:`uses_native_kernel`) a caller need not build it.
 
     Returns
     -------
@@ -535,18 +620,22 @@ def half_step(
     # A row without entries has a zero loss whatever its value: start it at the neutral zero
     # (already optimal), so it predicts the fallback (global mean plus the other side's bias).
     start = np.where((ratings.row_counts() == 0)[:, None], np.float32(0.0), start).astype(np.float32, copy=False)
+    strategy = strategy or tf.distribute.get_strategy()
     if isinstance(ratings, SparseRatings):
         targets = ratings.values
         if params.bias:
             targets = targets - np.float32(global_mean) - other_bias[ratings.cols]
-        if layout is None:
-            layout = sparse_layout(ratings, params)
-        elif (layout.shape, layout.nnz, layout.d) != (ratings.shape, ratings.nnz, d):
+        if layout is not None and (layout.shape, layout.nnz, layout.d) != (ratings.shape, ratings.nnz, d):
             raise ValueError(
                 f"layout was built for a {layout.shape} matrix with {layout.nnz} entries and width {layout.d}; "
                 f"these ratings are {ratings.shape} with {ratings.nnz} entries and width {d}"
             )
-        (chunks, row_sets, idle), kernel = _sparse_chunks(layout, targets, start), _sparse_chunk
+        if uses_native_kernel(params, strategy):
+            chunks, row_sets, idle = _native_chunks(ratings, targets, start, strategy.num_replicas_in_sync)
+            kernel, features = _native_chunk, np.pad(features, [(0, 0), (0, -d % 8)])
+        else:
+            chunks, row_sets, idle = _sparse_chunks(layout or sparse_layout(ratings, params), targets, start)
+            kernel = _sparse_chunk
     else:
         if layout is not None:
             raise ValueError("layout applies to SparseRatings only")
@@ -563,12 +652,12 @@ def half_step(
         tf.constant(params.inner_max_iter, tf.int32),
         tf.constant(params.inner_tol, tf.float32),
     )
-    results = _run_chunks(kernel, chunks, idle, shared, strategy or tf.distribute.get_strategy())
+    results = _run_chunks(kernel, chunks, idle, shared, strategy)
     z = start.copy()
     for rows, result in zip(row_sets, results):
         z[rows] = result[0].numpy()[: len(rows)]
     sums = [sum(float(r[i].numpy().sum(dtype=np.float64)) for r in results) for i in (1, 2, 3)]
-    inner = max((int(r[4].numpy()) for r in results), default=0)
+    steps = np.concatenate([r[4].numpy()[: len(rows)] for rows, r in zip(row_sets, results)])
     return HalfStepResult(
         factors=np.ascontiguousarray(z[:, :k]),
         bias=np.ascontiguousarray(z[:, k]) if params.bias else None,
@@ -576,5 +665,6 @@ def half_step(
         penalty=float(sums[1]),
         # The kernel's gradient is G z − c, half the gradient of the rows' loss.
         pg_norm_sq=4.0 * float(sums[2]),
-        inner_iters=inner,
+        inner_iters=int(steps.max(initial=0)),
+        row_steps=int(steps.sum(dtype=np.int64)),
     )

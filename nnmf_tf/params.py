@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 OBJECTIVES = ("rating", "ranking")
+KERNELS = ("auto", "native", "tensorflow")
 
 
 def _is_int(value: Any) -> bool:
@@ -109,6 +110,11 @@ class SolverParams:
     non-negative interaction express below-baseline tastes as dips under ``rank · c²``
     instead of paying the penalty for a positive floor. Biases are then shrunk toward
     ``−rank · c² / 2``, so that rows at their prior predict the global mean."""
+    kernel: str = "auto"
+    """How sparse half-steps run: ``"native"`` (a C++ kernel built on first use, CPUs only),
+    ``"tensorflow"`` (TensorFlow ops, any device) or ``"auto"`` (native where it can be
+    built and the strategy runs on CPUs, else TensorFlow). Both compute the same steps; the
+    results differ by float32 rounding only. See :func:`nnmf_tf.halfstep.uses_native_kernel`."""
 
     def __post_init__(self) -> None:
         errors = self.errors()
@@ -140,6 +146,8 @@ class SolverParams:
         problems += check_float("reg_exponent", self.reg_exponent, 0.0, 1.0)
         problems += check_float("bias_reg_exponent", self.bias_reg_exponent, 0.0, 1.0)
         problems += check_float("factor_center", self.factor_center, 0.0)
+        if self.kernel not in KERNELS:
+            problems.append(f"kernel must be one of {list(KERNELS)} for NNMF; got {self.kernel!r}")
         if self.objective == "ranking" and self.bias is True:
             problems.append("bias must be false when objective is 'ranking' for NNMF; got bias=True")
         return problems

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from nnmf_tf.data import Ratings, SparseRatings
 from nnmf_tf.errors import ConvergenceWarning, check_factors_finite, check_finite, check_objective_finite
-from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout
+from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout, uses_native_kernel
 from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.model import Factors, objective
 from nnmf_tf.params import SolverParams, check_int
@@ -55,13 +55,17 @@ def _block_bounds(n: int, blocks: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _row_blocks(ratings: Ratings, blocks: int, params: SolverParams) -> list[tuple[int, int, Ratings, SparseLayout | None]]:
+def _row_blocks(
+    ratings: Ratings, blocks: int, params: SolverParams, strategy: tf.distribute.Strategy | None
+) -> list[tuple[int, int, Ratings, SparseLayout | None]]:
     """``(start, stop, rows start:stop, their kernel layout)`` per block of rows, built once
-    per fit: the blocks' sparsity patterns never change between iterations."""
+    per fit: the blocks' sparsity patterns never change between iterations. Only the
+    TensorFlow kernel needs a layout."""
     parts = []
+    layouts = not uses_native_kernel(params, strategy)
     for start, stop in _block_bounds(ratings.shape[0], blocks):
         part = ratings if blocks == 1 else ratings.row_block(start, stop)
-        layout = sparse_layout(part, params) if isinstance(part, SparseRatings) else None
+        layout = sparse_layout(part, params) if layouts and isinstance(part, SparseRatings) else None
         parts.append((start, stop, part, layout))
     return parts
 
@@ -190,8 +194,8 @@ def fit(
     elif params.bias and model.global_mean != ratings.mean():
         # μ is these ratings' mean (as in the pipeline's warm start), not the init's.
         model = Factors(model.user_factors, model.item_factors, model.user_bias, model.item_bias, ratings.mean())
-    user_blocks = _row_blocks(ratings, row_blocks, params)
-    item_blocks = _row_blocks(ratings.transpose(), col_blocks, params)
+    user_blocks = _row_blocks(ratings, row_blocks, params, strategy)
+    item_blocks = _row_blocks(ratings.transpose(), col_blocks, params, strategy)
     w, h = model.user_factors.astype(np.float32), model.item_factors.astype(np.float32)
     bu, bi, mu = model.user_bias, model.item_bias, model.global_mean if params.bias else 0.0
     initial = objective(ratings, model, params)

@@ -72,16 +72,19 @@ class HalfStepFn(beam.DoFn):
 
     def _process(self, stored: StoredBlock, other: dict, previous: dict, global_mean: float):
         from nnmf_tf.errors import check_factors_finite, check_objective_finite
-        from nnmf_tf.halfstep import half_step, sparse_layout
+        from nnmf_tf.halfstep import half_step, sparse_layout, uses_native_kernel
 
         started = time.perf_counter()
         block = load_block(stored)
         params = self._params
-        # The kernel's layout depends on the block's sparsity pattern, the rank and the bias
-        # only: built by the first half-step of this block in this process, reused by the rest.
-        layout = derived(
-            stored, f"layout-{params.rank}-{params.bias}", lambda block: sparse_layout(block.ratings, params)
-        )
+        # The TensorFlow kernel's layout depends on the block's sparsity pattern, the rank and
+        # the bias only: built by the first half-step of this block in this process, reused by
+        # the rest. The native kernel needs none.
+        layout = None
+        if not uses_native_kernel(params, self._strategy):
+            layout = derived(
+                stored, f"layout-{params.rank}-{params.bias}", lambda block: sparse_layout(block.ratings, params)
+            )
         other_side = self._other_side(other)
         current = previous[block.block]
         result = half_step(

@@ -79,3 +79,18 @@ def as_ratings() -> AsRatings:
         raise ValueError(f"kind must be 'sparse' or 'dense'; got {kind!r}")
 
     return convert
+
+
+@pytest.fixture(params=["native", "tensorflow"])
+def kernel(request, monkeypatch) -> str:
+    """Run the test once per sparse half-step kernel that ``kernel="auto"`` can choose: the
+    native kernel (skipped, with the reason, where it cannot be built) and TensorFlow ops
+    (the native kernel hidden, as on a machine without a compiler)."""
+    from nnmf_tf import native
+
+    if request.param == "native":
+        if native.solve_rows_op() is None:
+            pytest.skip(f"native kernel unavailable: {native.unavailable_reason()}")
+    else:
+        monkeypatch.setattr(native, "solve_rows_op", lambda: None)
+    return request.param

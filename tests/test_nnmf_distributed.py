@@ -70,6 +70,7 @@ HALF_STEP_CASES = {
 @pytest.mark.parametrize("case", sorted(HALF_STEP_CASES))
 @pytest.mark.parametrize("n_rows", [1, 3, 40], ids=lambda n: f"{n}rows")
 @pytest.mark.parametrize("chunk_bytes", [None, 256], ids=["one-chunk", "many-chunks"])
+@pytest.mark.usefixtures("kernel")
 def test_mirrored_half_step_equals_default(
     monkeypatch, masked_problem, as_ratings, rng, mirrored, kind, case, n_rows, chunk_bytes
 ):
@@ -132,6 +133,7 @@ def test_padding_follows_the_largest_chunk(monkeypatch, masked_problem, rng):
 
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
+@pytest.mark.usefixtures("kernel")
 def test_mirrored_fit_equals_default(monkeypatch, masked_problem, as_ratings, mirrored, kind, bias):
     monkeypatch.setattr(nnmf_tf.halfstep, "CHUNK_BYTES", 512)
     values, mask = masked_problem((29, 21), 3, 0.4)
@@ -265,7 +267,7 @@ XLA_CACHE_RUN = (
     "rng = np.random.default_rng(3)\n"
     "mask = rng.random((50, 20)) < 0.4\n"
     "ratings = SparseRatings.from_dense(rng.uniform(1.0, 5.0, mask.shape), mask)\n"
-    "result = half_step(ratings, rng.random((20, 4)), rng.random((50, 4)), SolverParams(rank=4, reg=0.1))\n"
+    "result = half_step(ratings, rng.random((20, 4)), rng.random((50, 4)), SolverParams(rank=4, reg=0.1, kernel=\"tensorflow\"))\n"
     "print(hashlib.sha256(result.factors.tobytes()).hexdigest())\n"
 )
 """A half-step in a fresh process whose XLA cache folder is ``argv[1]``; prints a hash of its factors."""

@@ -20,6 +20,9 @@ from nnmf_tf.halfstep import PIECE, HalfStepResult, half_step
 from nnmf_tf.model import Factors, objective
 from nnmf_tf.params import SolverParams
 
+# Every test runs once per sparse kernel (conftest.kernel).
+pytestmark = pytest.mark.usefixtures("kernel")
+
 EXACT = {"inner_max_iter": 2000, "inner_tol": 1e-6}
 """Inner settings under which a half-step must solve its subproblems (float32) exactly."""
 
@@ -333,6 +336,10 @@ def test_row_block_of_sparse_ratings_matches_full_half_step(masked_problem, rng)
     np.testing.assert_allclose(np.vstack([p.factors for p in parts]), full.factors, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sum(p.objective for p in parts), full.objective, rtol=1e-5)
     np.testing.assert_allclose(sum(p.penalty for p in parts), full.penalty, rtol=1e-5)
+    # Each row stops on its own: the step counts add up, whatever rows share a call.
+    assert sum(p.row_steps for p in parts) == full.row_steps
+    assert max(p.inner_iters for p in parts) == full.inner_iters
+    assert full.inner_iters <= full.row_steps <= full.inner_iters * 30
 
 
 def test_projected_gradient_vanishes_at_the_solution(masked_problem, rng):

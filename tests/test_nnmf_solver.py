@@ -14,6 +14,9 @@ from nnmf_tf.model import Factors, objective, predict
 from nnmf_tf.params import SolverParams
 from nnmf_tf.solver import FitResult, fit, initial_model
 
+# Every test runs once per sparse kernel (conftest.kernel).
+pytestmark = pytest.mark.usefixtures("kernel")
+
 SOLVED = {"inner_max_iter": 300, "inner_tol": 1e-6}
 """Inner settings that solve each half-step: layout comparisons then differ by rounding only.
 

@@ -68,6 +68,11 @@ def test_wheel_ships_the_key_modules(wheel_names):
         assert name in wheel_names
 
 
+def test_wheel_ships_the_native_kernel_source(wheel_names):
+    """Workers build the native kernel from this source on first use (nnmf_tf/native.py)."""
+    assert "nnmf_tf/kernels/solve_rows.cc" in wheel_names
+
+
 def test_wheel_declares_the_console_script(wheel, wheel_names):
     [entry_points] = [name for name in wheel_names if name.endswith(".dist-info/entry_points.txt")]
     with zipfile.ZipFile(wheel) as archive:

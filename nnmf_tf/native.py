@@ -1,0 +1,115 @@
+"""The sparse half-step's CPU kernel, built from C++ against the installed TensorFlow.
+
+``kernels/solve_rows.cc`` computes each row's Gram and solves its subproblem in one pass
+(see its header). TensorFlow custom ops must be compiled against the TensorFlow they load
+into, so the library is built on first use with the compiler and flags TensorFlow reports
+(``tf.sysconfig``), about 15 s, and kept in a cache folder keyed by the source, the
+TensorFlow version and the compiler: later processes, and Beam workers sharing the folder,
+load it at once. Where it cannot be built (no C++ compiler, an unsupported platform) the
+half-step falls back to TensorFlow ops, which compute the same result more slowly; the
+reason is logged once.
+
+The cache folder is ``$NNMF_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/nnmf-pipeline``
+(``~/.cache/nnmf-pipeline``). The compiler is ``$CXX`` if set, else ``c++``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import tensorflow as tf
+
+SOURCE = Path(__file__).with_name("kernels") / "solve_rows.cc"
+#: Widest row (rank, plus one with biases) the kernel handles: eight vectors of eight floats.
+MAX_WIDTH = 64
+#: Seconds a build may take before it counts as failed.
+BUILD_TIMEOUT = 600
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_loaded: ModuleType | None = None
+_failure: str | None = None
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("NNMF_KERNEL_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nnmf-pipeline"
+
+
+def _build_command(compiler: str, output: Path) -> list[str]:
+    flags = ["-O3", "-shared", "-fPIC", "-w", *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    if platform.system() == "Darwin":
+        flags.append("-undefined dynamic_lookup")
+    return [compiler, str(SOURCE), "-o", str(output), *flags]
+
+
+def _library_path(compiler: str) -> Path:
+    """Where the library built by ``compiler`` for this TensorFlow and source is cached."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), tf.__version__.encode(), tf.sysconfig.get_lib().encode(), version.encode(),
+                 platform.machine().encode(), " ".join(_build_command(compiler, Path("out"))).encode()):
+        key.update(part)
+        key.update(b"\0")
+    return _cache_dir() / f"solve_rows-{tf.__version__}-{key.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile into a temporary file next to ``target``, then rename it into place, so that
+    processes building at the same time never load a half-written library."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        done = subprocess.run(
+            _build_command(compiler, Path(temporary)), capture_output=True, text=True, timeout=BUILD_TIMEOUT
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _load() -> ModuleType:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to use another)")
+    target = _library_path(compiler)
+    if not target.exists():
+        _log.info("building the native half-step kernel into %s", target)
+        _build(compiler, target)
+    return tf.load_op_library(str(target))
+
+
+def solve_rows_op() -> ModuleType | None:
+    """The loaded kernel library (its op is ``nnmf_solve_rows``), built first if need be, or
+    ``None`` when it cannot be built or loaded here (see :func:`unavailable_reason`)."""
+    global _loaded, _failure
+    with _lock:
+        if _loaded is None and _failure is None:
+            try:
+                _loaded = _load()
+            except Exception as error:  # any failure means: use the TensorFlow ops instead
+                _failure = f"{type(error).__name__}: {error}"
+                _log.warning("native half-step kernel unavailable, using TensorFlow ops: %s", _failure)
+        return _loaded
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`solve_rows_op` returned ``None``, or ``None`` if it did not."""
+    solve_rows_op()
+    return _failure
