@@ -384,7 +384,7 @@ def gram_phase_seconds(row_blocks, other_factors, k: int, repeats: int = 3) -> f
     features = tf.constant(np.vstack([other_factors, np.zeros((1, k), np.float32)]))
     piece_cols = []
     for block in row_blocks:
-        layout = sparse_layout(block.ratings, SolverParams(rank=k))
+        layout = sparse_layout(block.ratings, SolverParams(rank=k, kernel="tensorflow"))
         piece_cols += [tf.constant(chunk[2]) for chunk in layout.chunks]
 
     @tf.function
@@ -434,10 +434,14 @@ def build_blocks(data: Path, n_blocks: int, seed: int = 42, holdout: float = 0.2
 
 
 def kernel_efficiency(data: Path, args, repeats: int = 3) -> dict:
-    """One warm-up iteration of the half-steps on the pipeline's blocks, then the fastest of
-    ``repeats`` timed ones, and the same half-steps capped at one inner step (≈ the Gram build
-    alone), to split the cost. Each block's kernel layout is built once, outside the timing,
-    as a run builds it once for all its iterations."""
+    """One iteration of half-steps on the pipeline's blocks per kernel (the native one, if it
+    builds here, and TensorFlow's ops as the baseline, alternating): a warm-up pass, then the
+    fastest of ``repeats`` timed ones, and the same half-steps capped at one inner step (≈ the
+    Gram build alone), to split the cost. Each block's layout is built once per kernel,
+    outside the timing, as a run builds it once for all its iterations."""
+    import tensorflow as tf
+
+    from nnmf_tf import native
     from nnmf_tf.halfstep import half_step, sparse_layout
     from nnmf_tf.params import SolverParams
     from pipeline.blocks import FactorBlock, concat_factors
@@ -448,40 +452,61 @@ def kernel_efficiency(data: Path, args, repeats: int = 3) -> dict:
     k = params.rank
     users = dict(initial_block("user", b.block, b.ids, params, mean) for b in user_blocks)
     items = dict(initial_block("item", b, vocab[b], params, mean) for b in vocab)
+    kernels = ["tensorflow"] + (["native"] if native.solve_rows_op() is not None else [])
+    layouts = {
+        (kernel, b.side, b.block): sparse_layout(b.ratings, params.replace(kernel=kernel))
+        for kernel in kernels
+        for b in user_blocks + item_blocks
+    }
 
-    layouts = {(b.side, b.block): sparse_layout(b.ratings, params) for b in user_blocks + item_blocks}
-
-    def side(row_blocks, other, current, solver=params):
-        other_factors = concat_factors(other, k).factors
-        out, stats = {}, {"seconds": 0.0, "flops": 0.0, "gram_flops": 0.0, "rows": 0, "nnz": 0, "inner": []}
+    def side(row_blocks, other, current, solver):
+        # Converted once for all blocks, as the pipeline's half-step does.
+        other_factors = tf.constant(concat_factors(other, k).factors)
+        out, stats = {}, {"seconds": 0.0, "flops": 0.0, "gram_flops": 0.0, "rows": 0, "nnz": 0, "inner": [], "steps": 0}
         for block in row_blocks:
             started = time.perf_counter()
-            layout = layouts[block.side, block.block]
+            layout = layouts[solver.kernel, block.side, block.block]
             result = half_step(block.ratings, other_factors, current[block.block].factors, solver, layout=layout)
             stats["seconds"] += time.perf_counter() - started
             rows, nnz = block.ratings.shape[0], block.ratings.nnz
             stats["gram_flops"] += 2.0 * nnz * k * k
-            stats["flops"] += 2.0 * nnz * k * k + 2.0 * rows * k * k * (result.inner_iters + 1)
+            # Each row's own steps, plus the gradient at its warm start: the useful work.
+            stats["flops"] += 2.0 * nnz * k * k + 2.0 * k * k * (result.row_steps + rows)
             stats["rows"] += rows
             stats["nnz"] += nnz
             stats["k2"] = k * k
             stats["inner"].append(result.inner_iters)
+            stats["steps"] += result.row_steps
             out[block.block] = FactorBlock(result.factors)
         return out, stats
 
-    # A first pass traces and compiles. Each measured figure is the fastest of `repeats` passes
-    # over the same inputs: a 1M half-step takes a few tenths of a second on a shared machine.
-    new_users, _ = side(user_blocks, items, users)
-    side(item_blocks, new_users, items)
-    user_stats = min((side(user_blocks, items, users)[1] for _ in range(repeats)), key=lambda s: s["seconds"])
-    item_stats = min((side(item_blocks, new_users, items)[1] for _ in range(repeats)), key=lambda s: s["seconds"])
-    # The same half-steps with one inner step: Gram build, Lipschitz bound, one step.
-    one = params.replace(inner_max_iter=1)
-    user_stats["one_step_seconds"] = min(side(user_blocks, items, users, one)[1]["seconds"] for _ in range(repeats))
-    item_stats["one_step_seconds"] = min(side(item_blocks, new_users, items, one)[1]["seconds"] for _ in range(repeats))
-    user_stats["gram_phase_seconds"] = gram_phase_seconds(user_blocks, concat_factors(items, k).factors, k, repeats)
-    item_stats["gram_phase_seconds"] = gram_phase_seconds(item_blocks, concat_factors(new_users, k).factors, k, repeats)
-    return {"user": user_stats, "item": item_stats, "matmul_gflops": matmul_gflops(), **shape_ceilings(k)}
+    solvers = {kernel: params.replace(kernel=kernel) for kernel in kernels}
+    # A first pass traces, compiles and builds; the item side starts from the same users.
+    new_users, _ = side(user_blocks, items, users, solvers["tensorflow"])
+    for solver in solvers.values():
+        side(user_blocks, items, users, solver)
+        side(item_blocks, new_users, items, solver)
+    # Each figure is the fastest of `repeats` passes over the same inputs, the kernels taking
+    # turns so that both see the same machine: a 1M half-step takes a few tenths of a second.
+    passes = {kernel: {"user": [], "item": [], "user_one": [], "item_one": []} for kernel in kernels}
+    for _ in range(repeats):
+        for kernel, solver in solvers.items():
+            one = solver.replace(inner_max_iter=1)
+            passes[kernel]["user"].append(side(user_blocks, items, users, solver)[1])
+            passes[kernel]["item"].append(side(item_blocks, new_users, items, solver)[1])
+            passes[kernel]["user_one"].append(side(user_blocks, items, users, one)[1]["seconds"])
+            passes[kernel]["item_one"].append(side(item_blocks, new_users, items, one)[1]["seconds"])
+    result = {"kernels": {}, "matmul_gflops": matmul_gflops(), **shape_ceilings(k)}
+    for kernel, runs in passes.items():
+        result["kernels"][kernel] = {}
+        for name in ("user", "item"):
+            stats = min(runs[name], key=lambda s: s["seconds"])
+            stats["one_step_seconds"] = min(runs[f"{name}_one"])
+            result["kernels"][kernel][name] = stats
+    tf_stats = result["kernels"]["tensorflow"]
+    tf_stats["user"]["gram_phase_seconds"] = gram_phase_seconds(user_blocks, concat_factors(items, k).factors, k, repeats)
+    tf_stats["item"]["gram_phase_seconds"] = gram_phase_seconds(item_blocks, concat_factors(new_users, k).factors, k, repeats)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,51 +558,54 @@ def print_report(rows: list[dict], args) -> None:
               f"final train loss {m.get(f'train_loss_{args.iterations}', float('nan')):.1f}")
 
     if any(row.get("kernel") for row in rows):
-        print("\nHalf-step kernel efficiency (in-process, same blocks; FLOPs = 2·nnz·k² Grams + 2·rows·k² per inner step):")
+        print("\nHalf-step kernel efficiency (in-process, same blocks; FLOPs = 2·nnz·k² Grams + 2·k² per row for "
+              "each inner step it took and its warm-start gradient):")
     for row in rows:
         kernel = row.get("kernel")
         if not kernel:
             continue
         peak = kernel["matmul_gflops"]
-        total_flops = total_seconds = 0.0
-        for side in ("user", "item"):
-            s = kernel[side]
-            gflops = s["flops"] / s["seconds"] / 1e9
-            total_flops += s["flops"]
-            total_seconds += s["seconds"]
-            steps = max(s["inner"])
-            per_step = (s["seconds"] - s["one_step_seconds"]) / max(steps - 1, 1)
-            print(f"{row['size'].label:>5} {side:>4} half-step: {s['rows']} rows, {s['nnz']} nnz, inner steps "
-                  f"{steps}, {s['seconds']:.2f} s, {s['flops'] / 1e9:.2f} GFLOP -> {gflops:.2f} GFLOP/s "
-                  f"({100 * gflops / peak:.1f}% of matmul)")
-            if per_step > 0:
-                step_cost = (f"{1000 * per_step:.1f} ms = {1e9 * per_step / max(s['rows'], 1):.0f} ns per row "
-                             f"({2.0 * s['rows'] * s['k2'] / per_step / 1e9:.2f} GFLOP/s)")
-            else:  # the difference of two timed passes fell within their noise
-                step_cost = "within the timing noise"
-            print(f"{'':>5} {'':>4}   capped at 1 inner step: {s['one_step_seconds']:.2f} s "
-                  f"(Grams {s['gram_flops'] / 1e9:.2f} GFLOP -> {s['gram_flops'] / s['one_step_seconds'] / 1e9:.2f} GFLOP/s "
-                  f"at most); each further inner step {step_cost}")
-        gflops = total_flops / total_seconds / 1e9
-        print(f"{row['size'].label:>5} iteration: {total_seconds:.2f} s, {gflops:.2f} GFLOP/s; this machine's tf.matmul "
-              f"(2048³, same process): {peak:.1f} GFLOP/s -> {100 * gflops / peak:.1f}% (target ≥ 20%)")
-        gram_flops = sum(kernel[side]["gram_flops"] for side in ("user", "item"))
+        iteration = {}
+        for name, stats in kernel["kernels"].items():
+            total_flops = total_seconds = 0.0
+            for side in ("user", "item"):
+                s = stats[side]
+                gflops = s["flops"] / s["seconds"] / 1e9
+                total_flops += s["flops"]
+                total_seconds += s["seconds"]
+                print(f"{row['size'].label:>5} {name:>10} {side:>4} half-step: {s['rows']} rows, {s['nnz']} nnz, "
+                      f"inner steps {max(s['inner'])} at most, {s['steps'] / max(s['rows'], 1):.1f} per row, "
+                      f"{s['seconds']:.3f} s, {s['flops'] / 1e9:.2f} GFLOP -> {gflops:.2f} GFLOP/s "
+                      f"({100 * gflops / peak:.1f}% of matmul); capped at 1 inner step {s['one_step_seconds']:.3f} s")
+            iteration[name] = (total_seconds, total_flops)
+            gflops = total_flops / total_seconds / 1e9
+            print(f"{row['size'].label:>5} {name:>10} iteration: {total_seconds:.3f} s, {gflops:.2f} GFLOP/s; this "
+                  f"machine's tf.matmul (2048³, same process): {peak:.1f} GFLOP/s -> {100 * gflops / peak:.1f}% "
+                  f"(target ≥ 20%)")
+        if "native" in iteration:
+            ratio = iteration["tensorflow"][0] / iteration["native"][0]
+            print(f"{row['size'].label:>5} native kernel: {ratio:.2f}x faster than the TensorFlow ops per iteration "
+                  f"(same blocks, same process, alternating passes)")
+        tf_stats = kernel["kernels"]["tensorflow"]
+        total_seconds, total_flops = iteration["tensorflow"]
+        gram_flops = sum(tf_stats[side]["gram_flops"] for side in ("user", "item"))
         bound = total_flops / (gram_flops / kernel["piece_gflops"] + (total_flops - gram_flops) / kernel["matvec_gflops"])
-        print(f"{'':>5} ceilings, same process: the inner step's batched {args.rank}×{args.rank} matvec alone "
-              f"{kernel['matvec_gflops']:.1f} GFLOP/s ({100 * kernel['matvec_gflops'] / peak:.1f}% of matmul), "
+        print(f"{'':>5} TensorFlow ops' ceilings, same process: the inner step's batched {args.rank}×{args.rank} matvec "
+              f"alone {kernel['matvec_gflops']:.1f} GFLOP/s ({100 * kernel['matvec_gflops'] / peak:.1f}% of matmul), "
               f"the Grams' batched piece products alone {kernel['piece_gflops']:.1f} GFLOP/s "
-              f"({100 * kernel['piece_gflops'] / peak:.1f}%); this iteration's FLOPs at those rates, with "
+              f"({100 * kernel['piece_gflops'] / peak:.1f}%); their iteration's FLOPs at those rates, with "
               f"gathers, sums and set-up free: {bound:.1f} GFLOP/s ({100 * bound / peak:.1f}%)")
-        gathers = sum(kernel[side]["gram_phase_seconds"] for side in ("user", "item"))
+        gathers = sum(tf_stats[side]["gram_phase_seconds"] for side in ("user", "item"))
         floor = total_flops / (gathers + (total_flops - gram_flops) / kernel["matvec_gflops"] / 1e9)
-        print(f"{'':>5} the Grams' gathers and piece products alone, on this run's chunks: "
-              f"{kernel['user']['gram_phase_seconds']:.3f} s (user) + {kernel['item']['gram_phase_seconds']:.3f} s "
+        print(f"{'':>5} their Grams' gathers and piece products alone, on this run's chunks: "
+              f"{tf_stats['user']['gram_phase_seconds']:.3f} s (user) + {tf_stats['item']['gram_phase_seconds']:.3f} s "
               f"(item) = {gram_flops / gathers / 1e9:.1f} GFLOP/s of Gram FLOPs; with the inner steps at the matvec "
               f"ceiling and sums and set-up free: {floor / 1e9:.1f} GFLOP/s ({100 * floor / 1e9 / peak:.1f}% of matmul)")
         m = row["ours"].metrics
         if m.get("seconds_factorize"):
-            in_pipeline = total_flops * args.iterations / m["seconds_factorize"] / 1e9
-            print(f"{row['size'].label:>5} in the pipeline: {total_flops * args.iterations / 1e9:.1f} GFLOP over "
+            flops = iteration.get("native", iteration["tensorflow"])[1]
+            in_pipeline = flops * args.iterations / m["seconds_factorize"] / 1e9
+            print(f"{row['size'].label:>5} in the pipeline: about {flops * args.iterations / 1e9:.1f} GFLOP over "
                   f"seconds_factorize {m['seconds_factorize']:.1f} -> {in_pipeline:.2f} GFLOP/s "
                   f"({100 * in_pipeline / peak:.1f}% of matmul)")
 

@@ -59,6 +59,7 @@ from nnmf_tf import native
 from nnmf_tf.data import MaskedDense, Ratings, SparseRatings
 from nnmf_tf.device import compute_threads
 from nnmf_tf.errors import check_array, check_finite
+from nnmf_tf.halfstep_native import NativeLayout, native_chunks, native_kernel, native_layout
 from nnmf_tf.params import SolverParams
 
 #: Bytes allowed for one chunk's working set: padded pieces and Grams (sparse) or mask
@@ -293,25 +294,6 @@ def _dense_chunk(
     )
 
 
-@tf.function(
-    input_signature=[
-        tf.TensorSpec([None], tf.int64, name="row_splits"),
-        tf.TensorSpec([None], tf.int32, name="cols"),
-        tf.TensorSpec([None], tf.float32, name="targets"),
-        *_COMMON_SIGNATURE,
-    ]
-)
-def _native_chunk(
-    row_splits, cols, targets, current, features, reg_diag, reg_power, center, lower, base_gram, obs_weight, max_iter, tol
-):
-    """Solve the rows of one chunk (CSR ``row_splits`` into ``cols`` and ``targets``) with the
-    native kernel; ``features`` are zero-padded to a multiple of 8 columns."""
-    return native.solve_rows_op().nnmf_solve_rows(
-        features, row_splits, cols, targets, current, reg_diag, reg_power, center, lower, base_gram, obs_weight,
-        max_iter, tol,
-    )
-
-
 def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether :func:`half_step` solves sparse ratings with the native kernel.
 
@@ -342,27 +324,6 @@ def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | 
             raise RuntimeError(f"kernel 'native' is unavailable here: {native.unavailable_reason()}")
         return False
     return True
-
-
-def _native_chunks(
-    ratings: SparseRatings, targets: np.ndarray, current: np.ndarray, replicas: int
-) -> tuple[list[tuple], list[np.ndarray], tuple]:
-    """The native kernel's inputs: one chunk per replica, of consecutive rows holding about
-    the same number of entries (the kernel spreads a chunk's rows over the intra-op
-    threads itself); as :func:`_sparse_chunks`."""
-    splits = ratings.row_splits
-    targets = targets.astype(np.float32, copy=False)
-    edges = np.searchsorted(splits, np.linspace(0, ratings.nnz, replicas + 1), side="left")
-    edges[0], edges[-1] = 0, ratings.shape[0]
-    edges = np.maximum.accumulate(edges)
-    row_sets = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [np.arange(0)]
-    chunks = []
-    for rows in row_sets:
-        lo, hi = (splits[rows[0]], splits[rows[-1] + 1]) if len(rows) else (0, 0)
-        chunk_splits = splits[rows[0] : rows[-1] + 2] - lo if len(rows) else np.zeros(1, np.int64)
-        chunks.append((chunk_splits, ratings.cols[lo:hi], targets[lo:hi], current[rows]))
-    idle = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, current.shape[1]), np.float32))
-    return chunks, row_sets, idle
 
 
 def _pieces(splits: np.ndarray, cols: np.ndarray, n_cols: int, padding: int) -> tuple[np.ndarray, ...]:
@@ -455,10 +416,16 @@ class SparseLayout:
     padded_rows: int
 
 
-def sparse_layout(ratings: SparseRatings, params: SolverParams) -> SparseLayout:
-    """The :class:`SparseLayout` of ``ratings`` for half-steps with ``params`` (its rank and
-    whether biases are fitted)."""
+def sparse_layout(
+    ratings: SparseRatings, params: SolverParams, strategy: tf.distribute.Strategy | None = None
+) -> SparseLayout | NativeLayout:
+    """The layout of ``ratings`` for half-steps with ``params`` (its rank, whether biases are
+    fitted, its kernel) under ``strategy``: a :class:`NativeLayout` where the native kernel
+    runs (:func:`uses_native_kernel`), else a :class:`SparseLayout`."""
     d = params.rank + int(params.bias)
+    strategy = strategy or tf.distribute.get_strategy()
+    if uses_native_kernel(params, strategy):
+        return native_layout(ratings, d, strategy.num_replicas_in_sync)
     counts = ratings.row_counts()
     row_sets = _chunk_bounds(_sparse_row_bytes(counts, d))
     n = padded_rows(max(map(len, row_sets), default=0))
@@ -558,9 +525,11 @@ def half_step(
     ratings : SparseRatings or MaskedDense of shape (n_rows, n_other)
         This side's observed entries; column ``j`` refers to row ``j`` of ``other``. To update
         the item side, pass ``ratings.transpose()``.
-    other : np.ndarray of shape (n_other, rank)
+    other : np.ndarray or tf.Tensor of shape (n_other, rank)
         The other side's factors, held fixed. For the ranking objective it must hold *every*
-        item of the model (the all-items Gram is built from it).
+        item of the model (the all-items Gram is built from it). A caller updating several
+        blocks of rows against the same other side may pass them once converted to a float32
+        ``tf.Tensor``, which the kernel then reads as is.
     current : np.ndarray of shape (n_rows, rank)
         This side's current factors: the warm start.
     params : SolverParams
@@ -573,10 +542,9 @@ def half_step(
         μ, subtracted from every rating when ``params.bias``.
     strategy : tf.distribute.Strategy, optional
         Chunks of rows are spread over its replicas; default: the default strategy.
-    layout : SparseLayout, optional
-        ``sparse_layout(ratings, params)``, built once by a caller that updates the same
-        sparse ratings again and again; default: built here. Only the TensorFlow ops use
-        it: with the native kernel (:func:`uses_native_kernel`) a caller need not build it.
+    layout : SparseLayout or NativeLayout, optional
+        ``sparse_layout(ratings, params, strategy)``, built once by a caller that updates the
+        same sparse ratings again and again; default: built here.
 
     Returns
     -------
@@ -584,6 +552,7 @@ def half_step(
     """
     n_rows, n_other = ratings.shape
     k = params.rank
+    other_tensor = other if isinstance(other, tf.Tensor) and other.dtype == tf.float32 else None
     other = check_array(other, label="other factors", ndim=2, shape=(n_other, k)).astype(np.float32, copy=False)
     current = check_array(current, label="current factors", ndim=2, shape=(n_rows, k)).astype(np.float32, copy=False)
     # The step size bounds each Gram's largest eigenvalue by a bound that holds for Grams with
@@ -625,16 +594,25 @@ def half_step(
         targets = ratings.values
         if params.bias:
             targets = targets - np.float32(global_mean) - other_bias[ratings.cols]
-        if layout is not None and (layout.shape, layout.nnz, layout.d) != (ratings.shape, ratings.nnz, d):
+        native_kernel_runs = uses_native_kernel(params, strategy)
+        if layout is None:
+            layout = sparse_layout(ratings, params, strategy)
+        elif isinstance(layout, NativeLayout) != native_kernel_runs:
+            raise ValueError(
+                f"layout is a {type(layout).__name__} but this half-step runs the "
+                f"{'native' if native_kernel_runs else 'TensorFlow'} kernel: build it with sparse_layout(ratings, "
+                "params, strategy)"
+            )
+        elif (layout.shape, layout.nnz, layout.d) != (ratings.shape, ratings.nnz, d):
             raise ValueError(
                 f"layout was built for a {layout.shape} matrix with {layout.nnz} entries and width {layout.d}; "
                 f"these ratings are {ratings.shape} with {ratings.nnz} entries and width {d}"
             )
-        if uses_native_kernel(params, strategy):
-            chunks, row_sets, idle = _native_chunks(ratings, targets, start, strategy.num_replicas_in_sync)
-            kernel, features = _native_chunk, np.pad(features, [(0, 0), (0, -d % 8)])
+        if native_kernel_runs:
+            chunks, row_sets, idle = native_chunks(layout, targets if params.bias else None, start)
+            kernel = native_kernel(strategy.num_replicas_in_sync)
         else:
-            chunks, row_sets, idle = _sparse_chunks(layout or sparse_layout(ratings, params), targets, start)
+            chunks, row_sets, idle = _sparse_chunks(layout, targets, start)
             kernel = _sparse_chunk
     else:
         if layout is not None:
@@ -645,7 +623,7 @@ def half_step(
         (chunks, row_sets, idle), kernel = _dense_chunks(ratings, targets.astype(np.float32), start, d), _dense_chunk
 
     shared = (
-        tf.constant(features),
+        other_tensor if other_tensor is not None and features is other else tf.constant(features),
         *(tf.constant(part, tf.float32) for part in (reg_diag, reg_power, center, lower)),
         tf.constant(base_gram),
         tf.constant(obs_weight, tf.float32),

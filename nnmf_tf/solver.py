@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from nnmf_tf.data import Ratings, SparseRatings
 from nnmf_tf.errors import ConvergenceWarning, check_factors_finite, check_finite, check_objective_finite
-from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout, uses_native_kernel
+from nnmf_tf.halfstep import HalfStepResult, SparseLayout, half_step, sparse_layout
+from nnmf_tf.halfstep_native import NativeLayout
 from nnmf_tf.init import initial_factors, initial_scale
 from nnmf_tf.model import Factors, objective
 from nnmf_tf.params import SolverParams, check_int
@@ -57,21 +58,19 @@ def _block_bounds(n: int, blocks: int) -> list[tuple[int, int]]:
 
 def _row_blocks(
     ratings: Ratings, blocks: int, params: SolverParams, strategy: tf.distribute.Strategy | None
-) -> list[tuple[int, int, Ratings, SparseLayout | None]]:
+) -> list[tuple[int, int, Ratings, SparseLayout | NativeLayout | None]]:
     """``(start, stop, rows start:stop, their kernel layout)`` per block of rows, built once
-    per fit: the blocks' sparsity patterns never change between iterations. Only the
-    TensorFlow kernel needs a layout."""
+    per fit: the blocks' sparsity patterns never change between iterations."""
     parts = []
-    layouts = not uses_native_kernel(params, strategy)
     for start, stop in _block_bounds(ratings.shape[0], blocks):
         part = ratings if blocks == 1 else ratings.row_block(start, stop)
-        layout = sparse_layout(part, params) if layouts and isinstance(part, SparseRatings) else None
+        layout = sparse_layout(part, params, strategy) if isinstance(part, SparseRatings) else None
         parts.append((start, stop, part, layout))
     return parts
 
 
 def _blocked_half_step(
-    blocks: list[tuple[int, int, Ratings, SparseLayout | None]],
+    blocks: list[tuple[int, int, Ratings, SparseLayout | NativeLayout | None]],
     other: np.ndarray,
     other_bias: np.ndarray | None,
     current: np.ndarray,
@@ -85,6 +84,8 @@ def _blocked_half_step(
     """One half-step, block of rows by block of rows (see :func:`_row_blocks`), each block
     reading the whole other side."""
     factors, biases, totals = [], [], np.zeros(3)
+    if len(blocks) > 1:  # every block reads the same other side: convert it once
+        other = tf.constant(np.asarray(other, np.float32))
     for block, (start, stop, ratings, layout) in enumerate(blocks):
         result: HalfStepResult = half_step(
             ratings,

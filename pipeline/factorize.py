@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import typing
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 import numpy as np
@@ -27,6 +28,9 @@ from pipeline.timing import timed
 from pipeline.warm_start import warm_factors
 from pipeline.block_store import StoredBlock, derived, load_block, store_block
 from pipeline.blocks import FactorBlock, concat_factors, row_keys
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 STATS = "stats"
 SIDE_SALT = {"user": 0, "item": 1}
@@ -53,14 +57,18 @@ class HalfStepFn(beam.DoFn):
         self._strategy = None
         self._other_cache = None
 
-    def _other_side(self, other: dict) -> FactorBlock:
-        """The other side's blocks concatenated in global order, once per side-input object:
-        every block of this half-step reads the same matrix, so it is built once while Beam
-        hands this DoFn instance the same (never mutated) side-input dict."""
+    def _other_side(self, other: dict) -> tuple[FactorBlock, tf.Tensor]:
+        """The other side's blocks concatenated in global order, and its factors as a tensor,
+        once per side-input object: every block of this half-step reads the same matrix, so
+        it is built (and converted for the kernel) once while Beam hands this DoFn instance
+        the same (never mutated) side-input dict."""
+        import tensorflow as tf
+
         cached = self._other_cache
         if cached is None or cached[0] is not other:
-            cached = self._other_cache = (other, concat_factors(other, self._params.rank))
-        return cached[1]
+            joined = concat_factors(other, self._params.rank)
+            cached = self._other_cache = (other, joined, tf.constant(joined.factors))
+        return cached[1], cached[2]
 
     def setup(self) -> None:
         from pipeline.tf_worker import worker_strategy
@@ -72,24 +80,24 @@ class HalfStepFn(beam.DoFn):
 
     def _process(self, stored: StoredBlock, other: dict, previous: dict, global_mean: float):
         from nnmf_tf.errors import check_factors_finite, check_objective_finite
-        from nnmf_tf.halfstep import half_step, sparse_layout, uses_native_kernel
+        from nnmf_tf.halfstep import half_step, sparse_layout
 
         started = time.perf_counter()
         block = load_block(stored)
         params = self._params
-        # The TensorFlow kernel's layout depends on the block's sparsity pattern, the rank and
-        # the bias only: built by the first half-step of this block in this process, reused by
-        # the rest. The native kernel needs none.
-        layout = None
-        if not uses_native_kernel(params, self._strategy):
-            layout = derived(
-                stored, f"layout-{params.rank}-{params.bias}", lambda block: sparse_layout(block.ratings, params)
-            )
-        other_side = self._other_side(other)
+        # The kernel's layout depends on the block's sparsity pattern, the rank, the bias and
+        # the kernel only: built by the first half-step of this block in this process, reused
+        # by the rest.
+        layout = derived(
+            stored,
+            f"layout-{params.rank}-{params.bias}-{params.kernel}",
+            lambda block: sparse_layout(block.ratings, params, self._strategy),
+        )
+        other_side, other_factors = self._other_side(other)
         current = previous[block.block]
         result = half_step(
             block.ratings,
-            other_side.factors,
+            other_factors,
             current.factors,
             params,
             other_bias=other_side.bias,

@@ -99,7 +99,7 @@ def test_small_chunk_budget_really_makes_many_chunks(monkeypatch, masked_problem
     monkeypatch.setattr(nnmf_tf.halfstep, "CHUNK_BYTES", 256)
     values, mask = masked_problem((40, 17), 3, 0.5)
     ratings = SparseRatings.from_dense(values, mask)
-    layout = nnmf_tf.halfstep.sparse_layout(ratings, SolverParams(rank=3))
+    layout = nnmf_tf.halfstep.sparse_layout(ratings, SolverParams(rank=3, kernel="tensorflow"))
     chunks, row_sets, idle = nnmf_tf.halfstep._sparse_chunks(layout, ratings.values, rng.uniform(size=(40, 3)))
     assert len(chunks) >= 10
     assert sorted(np.concatenate(row_sets).tolist()) == list(range(40))
@@ -125,7 +125,7 @@ def test_padding_follows_the_largest_chunk(monkeypatch, masked_problem, rng):
     d = 3
     per_row = nnmf_tf.halfstep._sparse_row_bytes(np.array([1]), d)[0]  # every row has 1-17 entries: one piece
     monkeypatch.setattr(nnmf_tf.halfstep, "CHUNK_BYTES", 100 * per_row)
-    layout = nnmf_tf.halfstep.sparse_layout(ratings, SolverParams(rank=d))
+    layout = nnmf_tf.halfstep.sparse_layout(ratings, SolverParams(rank=d, kernel="tensorflow"))
     chunks, row_sets, idle = nnmf_tf.halfstep._sparse_chunks(layout, ratings.values, rng.uniform(size=(300, d)))
     assert max(map(len, row_sets)) == 100 and len(row_sets) == 3
     assert {len(chunk[0]) for chunk in chunks} == {len(idle[0])} == {128}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import scipy.optimize
+import tensorflow as tf
 
 from nnmf_tf.data import MaskedDense, SparseRatings
 from nnmf_tf.halfstep import PIECE, HalfStepResult, half_step
@@ -433,3 +434,18 @@ def test_default_inner_settings_decrease_every_row_loss(masked_problem, rng):
     for problem, before, after in zip(problems, current, result.factors):
         assert problem.loss(after.astype(np.float64)) <= problem.loss(before) * (1 + 1e-6) + 1e-9
 
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
+def test_other_side_given_as_a_tensor_gives_the_same_result(masked_problem, rng, bias):
+    """Callers convert the other side's factors once for all their blocks; the half-step reads
+    the tensor as it would the array."""
+    values, mask = masked_problem((25, 12), 3, 0.5)
+    ratings = SparseRatings.from_dense(values, mask)
+    params = SolverParams(rank=3, reg=0.05, bias=bias)
+    other, current = rng.uniform(0.0, 1.0, (12, 3)).astype(np.float32), rng.uniform(0.0, 1.0, (25, 3))
+    extra = {"other_bias": rng.normal(0, 0.1, 12), "current_bias": rng.normal(0, 0.1, 25), "global_mean": 3.0} if bias else {}
+    as_array = half_step(ratings, other, current, params, **extra)
+    as_tensor = half_step(ratings, tf.constant(other), current, params, **extra)
+    np.testing.assert_array_equal(as_tensor.factors, as_array.factors)
+    assert as_tensor.objective == as_array.objective

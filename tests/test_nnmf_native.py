@@ -133,7 +133,7 @@ def test_the_op_rejects_indices_out_of_range():
     op = native.solve_rows_op().nnmf_solve_rows
     d = 2
     args = dict(
-        features=tf.zeros((3, 8)), row_splits=tf.constant([0, 2], tf.int64), cols=tf.constant([0, 3], tf.int32),
+        features=tf.zeros((3, d)), row_splits=tf.constant([0, 2], tf.int64), cols=tf.constant([0, 3], tf.int32),
         targets=tf.ones(2), current=tf.zeros((1, d)), reg_diag=tf.ones(d), reg_power=tf.ones(d), center=tf.zeros(d),
         lower=tf.zeros(d), base_gram=tf.zeros((d, d)), obs_weight=tf.constant(1.0), max_iter=tf.constant(5),
         tol=tf.constant(1e-3),
@@ -142,6 +142,8 @@ def test_the_op_rejects_indices_out_of_range():
         op(**args)
     with pytest.raises(tf.errors.InvalidArgumentError, match="row_splits must ascend"):
         op(**{**args, "row_splits": tf.constant([0, 5], tf.int64)})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="features must have d columns"):
+        op(**{**args, "features": tf.zeros((3, d + 1))})
 
 
 FALLBACK_RUN = (

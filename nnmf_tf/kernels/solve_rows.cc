@@ -22,7 +22,7 @@
 using namespace tensorflow;
 
 REGISTER_OP("NnmfSolveRows")
-    .Input("features: float")      // (n_other, 8 * NB): the other side's rows, zero-padded
+    .Input("features: float")      // (n_other, d): the other side's rows
     .Input("row_splits: int64")    // (rows + 1,)
     .Input("cols: int32")          // (nnz,)
     .Input("targets: float")       // (nnz,)
@@ -41,178 +41,274 @@ REGISTER_OP("NnmfSolveRows")
     .Output("pg0_sq: float")
     .Output("steps: int32");       // (rows,): the steps each row took
 
-// One copy of the kernel per x86-64 level (AVX-512, AVX2 + FMA, baseline), chosen at load
-// time by the CPU the process runs on, so a library built on one machine runs on another.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define NNMF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NNMF_CLONES
-#endif
-
-// Eight floats, one AVX register; the compiler splits it on narrower CPUs. Rows of the Gram
+// Eight floats, one AVX register; the compiler splits it on narrower CPUs (the library is
+// built with -march=native where the compiler supports it). Rows of the Gram
 // and of the factors are NB of these (the width d padded with zeros to 8 * NB).
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef float v8 __attribute__((vector_size(32)));
+// The same, for loads from any float address (feature rows start every d floats).
+typedef float v8_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 
+static inline v8 load(const float* p) { return *reinterpret_cast<const v8_unaligned*>(p); }
+
+// Sum and maximum of the eight lanes, as a tree (three dependent operations, not seven).
 static inline float hsum(v8 v) {
-  float s = 0.f;
-  for (int i = 0; i < 8; ++i) s += v[i];
-  return s;
+  const float a = (v[0] + v[4]) + (v[2] + v[6]), b = (v[1] + v[5]) + (v[3] + v[7]);
+  return a + b;
 }
 
+static inline float hmax(v8 v) {
+  const float a = std::max(std::max(v[0], v[4]), std::max(v[2], v[6]));
+  const float b = std::max(std::max(v[1], v[5]), std::max(v[3], v[7]));
+  return std::max(a, b);
+}
+
+static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
+
+// Entries ahead whose feature rows are prefetched while the first block of Gram rows is
+// built: far enough to cover a miss to memory (item rows gather from a table of every user).
+constexpr int kAhead = 24;
+
 struct Shared {
-  const float* features; const int64_t* splits; const int32_t* cols; const float* targets; const float* current;
+  const float* features; int64_t n_other; const int64_t* splits; const int32_t* cols; const float* targets; const float* current;
   const float* reg_diag; const float* reg_power; const float* center; const float* lower; const float* base_gram;
   float obs_weight; int max_iter; float tol; int d;
   float* z; float* objective; float* penalty; float* pg0_sq; int32_t* steps;
 };
 
-// Rows first..last-1. The Gram is built AB rows at a time so that those AB x NB
-// accumulators stay in registers while the row's entries stream past.
+// G x as a combination of G's rows (G is symmetric), summed in four interleaved partial sums
+// so that consecutive multiply-adds do not wait on each other.
+template <int NB>
+static inline void matvec(const v8 (*G)[NB], int d, const v8* x, v8* out) {
+  const float* xf = reinterpret_cast<const float*>(x);
+  v8 part[4][NB];
+  for (int q = 0; q < 4; ++q) for (int b = 0; b < NB; ++b) part[q][b] = v8{};
+  int a = 0;
+  for (; a + 4 <= d; a += 4)
+    for (int q = 0; q < 4; ++q) {
+      const float xa = xf[a + q];
+      for (int b = 0; b < NB; ++b) part[q][b] += xa * G[a + q][b];
+    }
+  for (; a < d; ++a) {
+    const float xa = xf[a];
+    for (int b = 0; b < NB; ++b) part[0][b] += xa * G[a][b];
+  }
+  for (int b = 0; b < NB; ++b) out[b] = (part[0][b] + part[1][b]) + (part[2][b] + part[3][b]);
+}
+
+// One row's subproblem while it is being solved.
+template <int NB>
+struct Row {
+  v8 G[8 * NB][NB];         // the regularised Gram
+  v8 c[NB], pen[NB];        // right-hand side, penalty weights
+  v8 z[NB], y[NB];          // iterate, extrapolated point
+  float sq_total, step, move_threshold, pg0, t;
+  bool done;
+  int32_t steps;
+};
+
+// Rows solved in lockstep: each step of one row waits on its previous step, so the steps
+// of kLockstep rows are interleaved to keep the core busy.
+constexpr int kLockstep = 4;
+
+// Rows first..last-1. A row's Gram is built AB rows at a time so that those AB x NB
+// accumulators stay in registers while the row's entries stream past; the first pass also
+// sums the right-hand side and prefetches the rows ahead.
 template <int NB, int AB>
-NNMF_CLONES
 static void solve_rows(const Shared& s, int64_t first, int64_t last) {
   constexpr int DP = 8 * NB;
   static_assert(DP % AB == 0, "blocks of Gram rows must not run past the padded width");
   const int d = s.d;
-  alignas(64) v8 G[DP][NB];
-  v8 c[NB], lo[NB], cen[NB], pen[NB];
-  float lo_f[DP], cen_f[DP];
-  for (int j = 0; j < DP; ++j) { lo_f[j] = j < d ? s.lower[j] : 0.f; cen_f[j] = j < d ? s.center[j] : 0.f; }
-  std::memcpy(lo, lo_f, sizeof(lo));
-  std::memcpy(cen, cen_f, sizeof(cen));
-  for (int64_t r = first; r < last; ++r) {
+  // Per-coordinate inputs padded to DP lanes: padded lanes have zero Gram rows and columns,
+  // zero right-hand side and lower bound 0, so they stay at 0 throughout.
+  alignas(64) v8 base[DP][NB];
+  v8 lo[NB], cen[NB], live[NB];
+  {
+    float lo_f[DP] = {}, cen_f[DP] = {}, live_f[DP] = {}, base_f[DP][DP] = {};
+    for (int j = 0; j < d; ++j) {
+      lo_f[j] = s.lower[j];
+      cen_f[j] = s.center[j];
+      live_f[j] = 1.f;
+      for (int b = 0; b < d; ++b) base_f[j][b] = s.base_gram[j * d + b];
+    }
+    std::memcpy(lo, lo_f, sizeof(lo));
+    std::memcpy(cen, cen_f, sizeof(cen));
+    std::memcpy(live, live_f, sizeof(live));
+    std::memcpy(base, base_f, sizeof(base));
+  }
+  // Rows from here on are read through `tail`: a load of DP floats from them would pass the
+  // table's end (row i is safe when i * d + DP <= n_other * d).
+  const int64_t safe_rows = s.n_other * d >= DP ? (s.n_other * d - DP) / d + 1 : 0;
+  alignas(64) float tail[DP] = {};
+  const int64_t prefetch_end = s.splits[last];
+  bool plain = s.obs_weight == 1.f;  // the rating objective: no base Gram, no weight
+  for (int j = 0; j < d * d; ++j) plain = plain && s.base_gram[j] == 0.f;
+
+  // Row r's regularised system, step size, warm start and stopping thresholds.
+  auto set_up = [&](Row<NB>& q, int64_t r) {
     const int64_t e0 = s.splits[r], e1 = s.splits[r + 1];
-    // Data Gram and right-hand side.
+    auto& G = q.G;
+    for (int b = 0; b < NB; ++b) q.c[b] = v8{};
+    double sq = 0.0;
+    // A feature row is loaded as DP floats: its d values, then the start of the next rows
+    // (cleared below). The last rows of the table, where that would read past its end, are
+    // copied to a zero-padded buffer first.
+    auto row_of = [&](int64_t e) {
+      const int64_t col = s.cols[e];
+      if (col < safe_rows) return s.features + col * d;
+      std::memcpy(tail, s.features + col * d, d * sizeof(float));
+      return static_cast<const float*>(tail);
+    };
     for (int a0 = 0; a0 < d; a0 += AB) {
       v8 acc[AB][NB];
       for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) acc[a][b] = v8{};
-      for (int64_t e = e0; e < e1; ++e) {
-        if (a0 == 0 && e + 8 < e1) __builtin_prefetch(s.features + int64_t(s.cols[e + 8]) * DP);
-        const float* x = s.features + int64_t(s.cols[e]) * DP;
-        v8 xv[NB];
-        std::memcpy(xv, x, sizeof(xv));
-        for (int a = 0; a < AB; ++a) {
-          const float xa = x[a0 + a];
-          for (int b = 0; b < NB; ++b) acc[a][b] += xa * xv[b];
+      if (a0 == 0) {
+        // The first pass also sums the right-hand side and prefetches the rows of entries
+        // ahead, into the next rows of the chunk: most rows are shorter than the distance.
+        for (int64_t e = e0; e < e1; ++e) {
+          if (e + kAhead < prefetch_end) {
+            const float* ahead = s.features + int64_t(s.cols[e + kAhead]) * d;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + d - 1);
+          }
+          const float* x = row_of(e);
+          v8 xv[NB];
+          for (int b = 0; b < NB; ++b) xv[b] = load(x + 8 * b);
+          const float t = s.targets[e];
+          for (int b = 0; b < NB; ++b) q.c[b] += t * xv[b];
+          sq += double(t) * t;
+          for (int a = 0; a < AB; ++a) {
+            const float xa = x[a];
+            for (int b = 0; b < NB; ++b) acc[a][b] += xa * xv[b];
+          }
+        }
+      } else {
+        for (int64_t e = e0; e < e1; ++e) {
+          const float* x = row_of(e);
+          v8 xv[NB];
+          for (int b = 0; b < NB; ++b) xv[b] = load(x + 8 * b);
+          for (int a = 0; a < AB; ++a) {
+            const float xa = x[a0 + a];
+            for (int b = 0; b < NB; ++b) acc[a][b] += xa * xv[b];
+          }
         }
       }
       for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) G[a0 + a][b] = acc[a][b];
     }
-    for (int a = (d + AB - 1) / AB * AB; a < DP; ++a) for (int b = 0; b < NB; ++b) G[a][b] = v8{};
-    for (int b = 0; b < NB; ++b) c[b] = v8{};
-    double sq = 0.0;
-    for (int64_t e = e0; e < e1; ++e) {
-      const float t = s.targets[e];
-      v8 xv[NB];
-      std::memcpy(xv, s.features + int64_t(s.cols[e]) * DP, sizeof(xv));
-      for (int b = 0; b < NB; ++b) c[b] += t * xv[b];
-      sq += double(t) * t;
-    }
-    // Regularised system: base + ω·data + diag(p); rhs + p⊙m; constant + Σ p m².
+    for (int a = 0; a < DP; ++a)
+      for (int b = 0; b < NB; ++b) G[a][b] = a < d && live[b] > 0.f ? G[a][b] : v8{};
+    for (int b = 0; b < NB; ++b) q.c[b] = live[b] > 0.f ? q.c[b] : v8{};
+
+    // Regularised system: base + ω·data + diag(p); rhs + p⊙m; constant + Σ p m². The
+    // penalty weight p_j = reg_j · n^power_j (0 for a row without entries); consecutive
+    // coordinates share a power, so it is raised once per run of equal powers.
     const float n = float(e1 - e0);
     float p_f[DP] = {};
-    for (int j = 0; j < d; ++j) p_f[j] = n > 0.f ? s.reg_diag[j] * std::pow(n, s.reg_power[j]) : 0.f;
-    std::memcpy(pen, p_f, sizeof(pen));
+    float power = std::numeric_limits<float>::quiet_NaN(), scale = 0.f;
+    for (int j = 0; n > 0.f && j < d; ++j) {
+      if (!(s.reg_power[j] == power)) scale = std::pow(n, power = s.reg_power[j]);
+      p_f[j] = s.reg_diag[j] * scale;
+    }
+    std::memcpy(q.pen, p_f, sizeof(q.pen));
+    if (!plain)
+      for (int a = 0; a < DP; ++a) for (int b = 0; b < NB; ++b) G[a][b] = base[a][b] + s.obs_weight * G[a][b];
     float* Gf = reinterpret_cast<float*>(G);
-    for (int a = 0; a < d; ++a)
-      for (int b = 0; b < d; ++b) Gf[a * DP + b] = s.base_gram[a * d + b] + s.obs_weight * Gf[a * DP + b];
     for (int j = 0; j < d; ++j) Gf[j * DP + j] += p_f[j];
-    for (int b = 0; b < NB; ++b) c[b] += pen[b] * cen[b];
-    float sq_total = float(sq);
-    {
-      v8 m{};
-      for (int b = 0; b < NB; ++b) m += pen[b] * cen[b] * cen[b];
-      sq_total += hsum(m);
-    }
-    auto matvec = [&](const v8* x, v8* out) {
-      const float* xf = reinterpret_cast<const float*>(x);
-      for (int b = 0; b < NB; ++b) out[b] = v8{};
-      for (int a = 0; a < d; ++a) {
-        const float xa = xf[a];
-        for (int b = 0; b < NB; ++b) out[b] += xa * G[a][b];
-      }
-    };
-    // Step 1 / λ_max by the Collatz–Wielandt bound after four power iterations.
-    v8 x[NB], gx[NB];
-    {
-      float ones[DP];
-      for (int j = 0; j < DP; ++j) ones[j] = j < d ? 1.f : 0.f;
-      std::memcpy(x, ones, sizeof(x));
-    }
-    const float* xf = reinterpret_cast<const float*>(x);
-    const float* gxf = reinterpret_cast<const float*>(gx);
-    for (int it = 0; it < 4; ++it) {
-      matvec(x, gx);
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int j = 0; j < d; ++j) mx = std::max(mx, gxf[j]);
-      const float scale = std::max(mx, 1e-30f);
-      float tmp[DP] = {};
-      for (int j = 0; j < d; ++j) tmp[j] = gxf[j] / scale + 1e-3f;
-      std::memcpy(x, tmp, sizeof(x));
-    }
-    matvec(x, gx);
-    float lmax = -std::numeric_limits<float>::infinity();
-    for (int j = 0; j < d; ++j) lmax = std::max(lmax, gxf[j] / xf[j]);
-    const float step = 1.f / std::max(lmax, 1e-12f);
-    // Warm start, its projected gradient, the stopping thresholds.
-    v8 z[NB], y[NB], g[NB];
-    {
-      float tmp[DP] = {};
-      for (int j = 0; j < d; ++j) tmp[j] = s.current[r * d + j];
-      std::memcpy(z, tmp, sizeof(z));
-    }
-    for (int b = 0; b < NB; ++b) z[b] = z[b] > lo[b] ? z[b] : lo[b];
-    matvec(z, g);
-    for (int b = 0; b < NB; ++b) g[b] -= c[b];
-    float pg0 = 0.f;
-    {
-      v8 acc{};
-      for (int b = 0; b < NB; ++b) {
-        v8 pg = z[b] <= lo[b] ? (g[b] < 0.f ? g[b] : v8{}) : g[b];
-        acc += pg * pg;
-      }
-      pg0 = hsum(acc);
-    }
-    const float threshold = s.tol * s.tol * pg0;
-    const float move_threshold = threshold * step * step;
-    bool done = pg0 <= threshold;
-    float t = 1.f;
-    int32_t steps = 0;
-    for (int b = 0; b < NB; ++b) y[b] = z[b];
-    while (!done && steps < s.max_iter) {
-      matvec(y, g);
-      v8 mv{}, rs{};
-      v8 dz[NB];
-      for (int b = 0; b < NB; ++b) {
-        v8 zn = y[b] - step * (g[b] - c[b]);
-        zn = zn > lo[b] ? zn : lo[b];
-        const v8 move = y[b] - zn;
-        dz[b] = zn - z[b];
-        mv += move * move;
-        rs += move * dz[b];
-        z[b] = zn;
-      }
-      ++steps;
-      done = hsum(mv) <= move_threshold;
-      const bool restart = hsum(rs) > 0.f;
-      float t_new = 0.5f + std::sqrt(0.25f + t * t);
-      const float beta = (restart || done) ? 0.f : (t - 1.f) / t_new;
-      t = restart ? 1.f : t_new;
-      for (int b = 0; b < NB; ++b) y[b] = z[b] + beta * dz[b];
-    }
-    matvec(z, g);
-    v8 ob{}, pe{};
+    v8 m{};
     for (int b = 0; b < NB; ++b) {
-      g[b] -= c[b];
-      ob += z[b] * (g[b] - c[b]);
-      const v8 off = z[b] - cen[b];
-      pe += pen[b] * off * off;
+      q.c[b] += q.pen[b] * cen[b];
+      m += q.pen[b] * cen[b] * cen[b];
     }
-    s.objective[r] = std::max(hsum(ob) + sq_total, 0.f);
+    q.sq_total = float(sq) + hsum(m);
+
+    // Step 1 / λ_max by the Collatz–Wielandt bound after four power iterations (the Gram's
+    // entries are non-negative, so every G x below is too, and padded lanes add nothing).
+    v8 x[NB], gx[NB];
+    for (int b = 0; b < NB; ++b) x[b] = live[b];
+    for (int it = 0; it < 4; ++it) {
+      matvec<NB>(G, d, x, gx);
+      v8 top{};
+      for (int b = 0; b < NB; ++b) top = vmax(top, gx[b]);
+      const float scale = std::max(hmax(top), 1e-30f);
+      for (int b = 0; b < NB; ++b) x[b] = gx[b] / scale + 1e-3f * live[b];
+    }
+    matvec<NB>(G, d, x, gx);
+    v8 ratio{};
+    for (int b = 0; b < NB; ++b) ratio = vmax(ratio, gx[b] / (live[b] > 0.f ? x[b] : 1.f));
+    q.step = 1.f / std::max(hmax(ratio), 1e-12f);
+
+    // Warm start, its projected gradient, the stopping thresholds.
+    float start[DP] = {};
+    std::memcpy(start, s.current + r * d, d * sizeof(float));
+    std::memcpy(q.z, start, sizeof(q.z));
+    for (int b = 0; b < NB; ++b) q.y[b] = q.z[b] = vmax(q.z[b], lo[b]);
+    v8 g[NB];
+    matvec<NB>(G, d, q.z, g);
+    v8 pg_acc{};
+    for (int b = 0; b < NB; ++b) {
+      g[b] -= q.c[b];
+      const v8 pg = q.z[b] <= lo[b] ? (g[b] < 0.f ? g[b] : v8{}) : g[b];
+      pg_acc += pg * pg;
+    }
+    q.pg0 = hsum(pg_acc);
+    const float threshold = s.tol * s.tol * q.pg0;
+    q.move_threshold = threshold * q.step * q.step;
+    q.done = q.pg0 <= threshold;
+    q.t = 1.f;
+    q.steps = 0;
+  };
+
+  // One Nesterov step from y with adaptive restart; the row is done when its gradient
+  // mapping is within the tolerance.
+  auto step_once = [&](Row<NB>& q) {
+    v8 g[NB], dz[NB], mv{}, rs{};
+    matvec<NB>(q.G, d, q.y, g);
+    for (int b = 0; b < NB; ++b) {
+      const v8 zn = vmax(q.y[b] - q.step * (g[b] - q.c[b]), lo[b]);
+      const v8 move = q.y[b] - zn;
+      dz[b] = zn - q.z[b];
+      mv += move * move;
+      rs += move * dz[b];
+      q.z[b] = zn;
+    }
+    ++q.steps;
+    q.done = hsum(mv) <= q.move_threshold;
+    const bool restart = hsum(rs) > 0.f;
+    const float t_new = 0.5f + std::sqrt(0.25f + q.t * q.t);
+    const float beta = (restart || q.done) ? 0.f : (q.t - 1.f) / t_new;
+    q.t = restart ? 1.f : t_new;
+    for (int b = 0; b < NB; ++b) q.y[b] = q.z[b] + beta * dz[b];
+  };
+
+  // The row's loss zᵀGz − 2cᵀz + constant (clamped at 0, which float32 cancellation can
+  // cross when a row is fitted exactly), its penalty alone, and the outputs.
+  auto finish = [&](const Row<NB>& q, int64_t r) {
+    v8 g[NB], ob{}, pe{};
+    matvec<NB>(q.G, d, q.z, g);
+    for (int b = 0; b < NB; ++b) {
+      ob += q.z[b] * (g[b] - q.c[b] - q.c[b]);
+      const v8 off = q.z[b] - cen[b];
+      pe += q.pen[b] * off * off;
+    }
+    s.objective[r] = std::max(hsum(ob) + q.sq_total, 0.f);
     s.penalty[r] = hsum(pe);
-    s.pg0_sq[r] = pg0;
-    std::memcpy(s.z + r * d, z, d * sizeof(float));
-    s.steps[r] = steps;
+    s.pg0_sq[r] = q.pg0;
+    std::memcpy(s.z + r * d, q.z, d * sizeof(float));
+    s.steps[r] = q.steps;
+  };
+
+  Row<NB> rows[kLockstep];
+  for (int64_t r0 = first; r0 < last; r0 += kLockstep) {
+    const int nr = int(std::min<int64_t>(kLockstep, last - r0));
+    for (int i = 0; i < nr; ++i) set_up(rows[i], r0 + i);
+    for (bool any = true; any;) {
+      any = false;
+      for (int i = 0; i < nr; ++i) {
+        if (rows[i].done || rows[i].steps >= s.max_iter) continue;
+        step_once(rows[i]);
+        any = true;
+      }
+    }
+    for (int i = 0; i < nr; ++i) finish(rows[i], r0 + i);
   }
 }
 
@@ -225,9 +321,9 @@ class NnmfSolveRowsOp : public OpKernel {
     const Tensor& current = ctx->input(4);
     const int64_t rows = current.dim_size(0);
     const int d = int(current.dim_size(1));
-    const int nb = int(features.dim_size(1) / 8);
-    OP_REQUIRES(ctx, features.dim_size(1) == 8 * ((d + 7) / 8) && nb >= 1 && nb <= 8,
-                absl::InvalidArgumentError("features must be padded to the multiple of 8 above d <= 64"));
+    const int nb = (d + 7) / 8;
+    OP_REQUIRES(ctx, features.dims() == 2 && features.dim_size(1) == d && d >= 1 && d <= 64,
+                absl::InvalidArgumentError("features must have d columns, 1 <= d <= 64, as current has"));
     OP_REQUIRES(ctx, splits.dim_size(0) == rows + 1, absl::InvalidArgumentError("row_splits must have rows + 1 entries"));
     // Every entry is read through an index: check them all (a few ms per million entries)
     // rather than read out of bounds.
@@ -251,7 +347,7 @@ class NnmfSolveRowsOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows}), &penalty));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows}), &pg0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({rows}), &steps));
-    Shared s{features.flat<float>().data(), splits.flat<int64_t>().data(), ctx->input(2).flat<int32_t>().data(),
+    Shared s{features.flat<float>().data(), n_other, splits.flat<int64_t>().data(), ctx->input(2).flat<int32_t>().data(),
              ctx->input(3).flat<float>().data(), current.flat<float>().data(), ctx->input(5).flat<float>().data(),
              ctx->input(6).flat<float>().data(), ctx->input(7).flat<float>().data(), ctx->input(8).flat<float>().data(),
              ctx->input(9).flat<float>().data(), ctx->input(10).scalar<float>()(), ctx->input(11).scalar<int32_t>()(),

@@ -1,0 +1,97 @@
+"""The sparse half-step on the native kernel (:mod:`nnmf_tf.native`): its layout and calls.
+
+The kernel takes a chunk of rows as CSR arrays and solves each row in one pass, spreading
+the rows over TensorFlow's intra-op threads itself, so a half-step makes one call per
+replica. What depends on the ratings alone (the CSR arrays as tensors, the rows of each
+replica) is built once per matrix into a :class:`NativeLayout`; a half-step converts only
+the factors (and, with biases, the targets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from nnmf_tf import native
+from nnmf_tf.data import SparseRatings
+
+
+@dataclass(frozen=True)
+class NativeLayout:
+    """How the native kernel cuts one matrix: consecutive rows per replica, as tensors.
+
+    Attributes
+    ----------
+    shape, nnz, d
+        The matrix and width it was built for (checked by ``half_step``).
+    row_sets : tuple of np.ndarray
+        The rows of each replica's chunk (consecutive; about equal numbers of entries).
+    entries : tuple of (int, int)
+        Each chunk's entries, ``start:stop`` in the matrix's CSR order.
+    chunks : tuple of (tf.Tensor, tf.Tensor, tf.Tensor)
+        Each chunk's row splits (from 0), columns and ratings (float32).
+    """
+
+    shape: tuple[int, int]
+    nnz: int
+    d: int
+    row_sets: tuple[np.ndarray, ...]
+    entries: tuple[tuple[int, int], ...]
+    chunks: tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor], ...]
+
+
+def native_layout(ratings: SparseRatings, d: int, replicas: int) -> NativeLayout:
+    """The :class:`NativeLayout` of ``ratings`` for half-steps of width ``d`` (the rank, plus
+    one with biases) over ``replicas`` replicas."""
+    splits = ratings.row_splits
+    edges = np.searchsorted(splits, np.linspace(0, ratings.nnz, replicas + 1), side="left")
+    edges[0], edges[-1] = 0, ratings.shape[0]
+    edges = np.maximum.accumulate(edges)
+    bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [(0, 0)]
+    values = ratings.values.astype(np.float32, copy=False)
+    row_sets, entries, chunks = [], [], []
+    for first, stop in bounds:
+        lo, hi = int(splits[first]), int(splits[stop])
+        row_sets.append(np.arange(first, stop))
+        entries.append((lo, hi))
+        chunks.append(
+            (tf.constant(splits[first : stop + 1] - lo), tf.constant(ratings.cols[lo:hi]), tf.constant(values[lo:hi]))
+        )
+    return NativeLayout(ratings.shape, ratings.nnz, d, tuple(row_sets), tuple(entries), tuple(chunks))
+
+
+def _solve(row_splits, cols, targets, current, features, reg_diag, reg_power, center, lower, base_gram, obs_weight,
+           max_iter, tol):
+    return native.solve_rows_op().nnmf_solve_rows(
+        features, row_splits, cols, targets, current, reg_diag, reg_power, center, lower, base_gram, obs_weight,
+        max_iter, tol,
+    )
+
+
+#: The same call as a graph function, for ``strategy.run`` across replicas.
+_solve_in_replica = tf.function(_solve)
+
+
+def native_kernel(replicas: int):
+    """The function that runs one chunk, ``kernel(*chunk, *shared)``: the op called directly
+    with one replica, a graph function under a multi-replica strategy."""
+    return _solve if replicas == 1 else _solve_in_replica
+
+
+def native_chunks(
+    layout: NativeLayout, targets: np.ndarray | None, start: np.ndarray
+) -> tuple[list[tuple], list[np.ndarray], tuple]:
+    """Each chunk's inputs ``(row_splits, cols, targets, current)``, each chunk's rows, and a
+    chunk without rows (for idle replicas).
+
+    ``targets`` replaces the ratings as the rows' targets when given (biases subtracted);
+    ``start`` is the warm start of every row.
+    """
+    chunks = []
+    for rows, (lo, hi), (row_splits, cols, values) in zip(layout.row_sets, layout.entries, layout.chunks):
+        chunk_targets = values if targets is None else tf.constant(targets[lo:hi], tf.float32)
+        chunks.append((row_splits, cols, chunk_targets, tf.constant(start[rows])))
+    idle = (tf.zeros([1], tf.int64), tf.zeros([0], tf.int32), tf.zeros([0]), tf.zeros([0, start.shape[1]]))
+    return chunks, list(layout.row_sets), idle
