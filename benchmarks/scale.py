@@ -19,23 +19,24 @@ cached in ``--workdir`` between runs. Then, one after the other:
   80% random sample (the pipeline trains on its 80% hash split), cached and counted before the
   clock starts: the figure is ``ALS.fit`` alone. Peak RSS is the JVM's.
 * **kernel efficiency**: in this process (no Beam), the same blocks are built and one iteration
-  of half-steps is timed; achieved GFLOP/s count ``2·nnz·k²`` for the Grams plus ``2·rows·k²``
-  per inner step actually taken (one matvec per step; the unpadded, useful work), next to a
-  2048³ ``tf.matmul`` measured in the same process. Two ceilings are measured alongside: the
-  kernel's dense shapes alone (the inner step's batched k × k matvec compiled by XLA, the
-  Grams' batched products of 32 × k pieces), and the GFLOP/s the iteration's FLOP mix would
-  reach at those rates if gathers, segment sums and set-up cost nothing. A tighter one times
-  the Grams' gathers of the other side's factor rows together with the piece products on the
-  run's own chunks, and adds the inner steps at the matvec ceiling.
+  of half-steps is timed per kernel, the native one (``model.kernel: native``, if it builds
+  here) and TensorFlow's ops as the baseline, passes alternating; achieved GFLOP/s count
+  ``2·nnz·k²`` for the Grams plus ``2·k²`` per row for each inner step that row took and for
+  its warm-start gradient (one matvec each; the unpadded, useful work), next to a 2048³
+  ``tf.matmul`` measured in the same process. For the TensorFlow ops, two ceilings are
+  measured alongside: their dense shapes alone (the inner step's batched k × k matvec compiled
+  by XLA, the Grams' batched products of 32 × k pieces), and the GFLOP/s the iteration's FLOP
+  mix would reach at those rates if gathers, segment sums and set-up cost nothing. A tighter
+  one times the Grams' gathers of the other side's factor rows together with the piece
+  products on the run's own chunks, and adds the inner steps at the matvec ceiling.
 
 Prints one table (size, users, items, our wall s, our peak RSS GB, our s per M ratings, Spark
 fit s, Spark peak RSS GB, ratio = our wall / Spark fit), then the per-stage breakdown and the
 GFLOP/s lines. Requires the ``bench`` extra (``pip install pyspark psutil``) unless
 ``--skip-spark`` (psutil is always needed).
 
-Kernel FLOPs use the largest inner-step count of each block for all its rows (the kernel
-steps every row of a chunk until the chunk is done), so they are an upper bound on the
-useful work; a second pass capped at one inner step splits the time into Grams and steps.
+A second pass capped at one inner step splits the time into the Grams (with each row's set-up)
+and the steps.
 
 Runner choice, measured at 5M on this 2-core machine (2026-11, rank 20, 10 iterations),
 before the compiled solver: ``--mode in_memory`` (default: the FnApiRunner in one process, one

@@ -12,3 +12,9 @@ COPY setup.py README.md /opt/nnmf-pipeline/
 COPY nnmf_tf /opt/nnmf-pipeline/nnmf_tf
 COPY pipeline /opt/nnmf-pipeline/pipeline
 RUN pip install --no-cache-dir /opt/nnmf-pipeline
+# The native half-step kernel is compiled on first use (nnmf_tf/native.py). Build it into the
+# image for the build machine's CPU; a worker with another CPU builds its own copy with this
+# compiler at its first half-step.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+ENV NNMF_KERNEL_CACHE=/opt/nnmf-kernels
+RUN python -c "from nnmf_tf import native; assert native.solve_rows_op() is not None, native.unavailable_reason()"

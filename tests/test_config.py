@@ -272,6 +272,12 @@ def test_the_documented_message_form(tmp_path):
         load_config(path)
 
 
+def test_model_kernel_is_read_and_checked(tmp_path):
+    assert load_config(write(tmp_path, MINIMAL + "model:\n  kernel: tensorflow\n")).model.kernel == "tensorflow"
+    path = write(tmp_path, MINIMAL + "model:\n  kernel: gpu\n")
+    assert problems_of(path) == [f"{path}: model.kernel must be one of ['auto', 'native', 'tensorflow']; got 'gpu'"]
+
+
 def test_model_messages_reuse_solver_params_validation(tmp_path):
     path = write(tmp_path, MINIMAL + "model:\n  tol: 2\n  objective: ranking\n  bias: true\n")
     problems = problems_of(path)

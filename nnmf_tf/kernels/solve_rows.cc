@@ -67,6 +67,8 @@ static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
 // Entries ahead whose feature rows are prefetched while the first block of Gram rows is
 // built: far enough to cover a miss to memory (item rows gather from a table of every user).
 constexpr int kAhead = 24;
+// Entries whose feature rows are gathered together before the Gram's passes over them.
+constexpr int kTile = 128;
 
 struct Shared {
   const float* features; int64_t n_other; const int64_t* splits; const int32_t* cols; const float* targets; const float* current;
@@ -139,6 +141,7 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
   // table's end (row i is safe when i * d + DP <= n_other * d).
   const int64_t safe_rows = s.n_other * d >= DP ? (s.n_other * d - DP) / d + 1 : 0;
   alignas(64) float tail[DP] = {};
+  alignas(64) v8 tile[kTile][NB];
   const int64_t prefetch_end = s.splits[last];
   bool plain = s.obs_weight == 1.f;  // the rating objective: no base Gram, no weight
   for (int j = 0; j < d * d; ++j) plain = plain && s.base_gram[j] == 0.f;
@@ -158,44 +161,47 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
       std::memcpy(tail, s.features + col * d, d * sizeof(float));
       return static_cast<const float*>(tail);
     };
-    for (int a0 = 0; a0 < d; a0 += AB) {
-      v8 acc[AB][NB];
-      for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) acc[a][b] = v8{};
-      if (a0 == 0) {
-        // The first pass also sums the right-hand side and prefetches the rows of entries
-        // ahead, into the next rows of the chunk: most rows are shorter than the distance.
-        for (int64_t e = e0; e < e1; ++e) {
-          if (e + kAhead < prefetch_end) {
-            const float* ahead = s.features + int64_t(s.cols[e + kAhead]) * d;
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + d - 1);
-          }
-          const float* x = row_of(e);
-          v8 xv[NB];
-          for (int b = 0; b < NB; ++b) xv[b] = load(x + 8 * b);
-          const float t = s.targets[e];
-          for (int b = 0; b < NB; ++b) q.c[b] += t * xv[b];
-          sq += double(t) * t;
-          for (int a = 0; a < AB; ++a) {
-            const float xa = x[a];
-            for (int b = 0; b < NB; ++b) acc[a][b] += xa * xv[b];
-          }
+    // The lines of the row of the entry kAhead further on, into the next rows of the chunk
+    // (most rows are shorter than the distance): all DP floats that will be loaded.
+    // The row's entries are taken kTile at a time: their feature rows are gathered once into
+    // `tile` (with the right-hand side), then every block of Gram rows streams through the
+    // tile in L1 instead of through rows scattered over the table (a popular item's users
+    // span more pages than the TLB holds: 1.6x faster on the 20M item side).
+    for (int a = 0; a < DP; ++a) for (int b = 0; b < NB; ++b) G[a][b] = v8{};
+    for (int64_t t0 = e0; t0 < e1; t0 += kTile) {
+      const int n = int(std::min<int64_t>(kTile, e1 - t0));
+      for (int j = 0; j < n; ++j) {
+        const int64_t e = t0 + j;
+        // Prefetch the lines of the row of the entry kAhead further on, into the next rows
+        // of the chunk (most rows are shorter than the distance): all DP floats loaded.
+        if (e + kAhead < prefetch_end) {
+          const float* ahead = s.features + int64_t(s.cols[e + kAhead]) * d;
+          for (int off = 0; off < DP; off += 16) __builtin_prefetch(ahead + off);
+          __builtin_prefetch(ahead + DP - 1);
         }
-      } else {
-        for (int64_t e = e0; e < e1; ++e) {
-          const float* x = row_of(e);
-          v8 xv[NB];
-          for (int b = 0; b < NB; ++b) xv[b] = load(x + 8 * b);
+        const float* x = row_of(e);
+        const float t = s.targets[e];
+        for (int b = 0; b < NB; ++b) {
+          tile[j][b] = load(x + 8 * b);
+          q.c[b] += t * tile[j][b];
+        }
+        sq += double(t) * t;
+      }
+      for (int a0 = 0; a0 < d; a0 += AB) {
+        v8 acc[AB][NB];
+        for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) acc[a][b] = G[a0 + a][b];
+        for (int j = 0; j < n; ++j) {
+          const float* x = reinterpret_cast<const float*>(tile[j]);
           for (int a = 0; a < AB; ++a) {
             const float xa = x[a0 + a];
-            for (int b = 0; b < NB; ++b) acc[a][b] += xa * xv[b];
+            for (int b = 0; b < NB; ++b) acc[a][b] += xa * tile[j][b];
           }
         }
+        for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) G[a0 + a][b] = acc[a][b];
       }
-      for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) G[a0 + a][b] = acc[a][b];
     }
     for (int a = 0; a < DP; ++a)
-      for (int b = 0; b < NB; ++b) G[a][b] = a < d && live[b] > 0.f ? G[a][b] : v8{};
+      for (int b = 0; b < NB; ++b) G[a][b] = a >= d ? v8{} : live[b] > 0.f ? G[a][b] : v8{};
     for (int b = 0; b < NB; ++b) q.c[b] = live[b] > 0.f ? q.c[b] : v8{};
 
     // Regularised system: base + ω·data + diag(p); rhs + p⊙m; constant + Σ p m². The
