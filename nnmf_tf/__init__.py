@@ -1,7 +1,8 @@
 """nnmf_tf: non-negative matrix factorization of partially observed matrices, in TensorFlow.
 
-Pure math: representations (:mod:`nnmf_tf.data`), the half-step kernel
-(:mod:`nnmf_tf.halfstep`), the alternating solver (:mod:`nnmf_tf.solver`), the worked
+Pure math: representations (:mod:`nnmf_tf.data`), the half-step (:mod:`nnmf_tf.halfstep`,
+with its native CPU kernel: :mod:`nnmf_tf.native`, :mod:`nnmf_tf.halfstep_native`), the
+alternating solver (:mod:`nnmf_tf.solver`), the worked
 example's joint gradient method (:mod:`nnmf_tf.gradient`), top-N (:mod:`nnmf_tf.topn`),
 metrics (:mod:`nnmf_tf.metrics`) and the strategy helper (:mod:`nnmf_tf.device`). It never
 imports Beam, opens files or sees external ids.
@@ -27,6 +28,8 @@ _EXPORTS = {
     "half_step": "nnmf_tf.halfstep",
     "SparseLayout": "nnmf_tf.halfstep",
     "sparse_layout": "nnmf_tf.halfstep",
+    "uses_native_kernel": "nnmf_tf.halfstep",
+    "NativeLayout": "nnmf_tf.halfstep_native",
     "FitResult": "nnmf_tf.solver",
     "fit": "nnmf_tf.solver",
     "initial_model": "nnmf_tf.solver",

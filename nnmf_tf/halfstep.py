@@ -36,10 +36,12 @@ than the TensorFlow ops below; ``SolverParams.kernel`` chooses (see
 where the native kernel cannot be built.
 
 The same function updates the other side on the transposed problem (as scikit-learn's
-coordinate-descent NMF does). Rows are processed in chunks that bound memory; chunks are
-spread over the replicas of the ``tf.distribute`` strategy given (or, with one replica,
-over threads). The Grams are built op by op (their shapes vary with the row lengths); the
-solver is compiled by XLA for chunks padded to a power-of-two number of rows.
+coordinate-descent NMF does). The TensorFlow ops process rows in chunks that bound memory;
+chunks are spread over the replicas of the ``tf.distribute`` strategy given (or, with one
+replica, over threads). Their Grams are built op by op (the shapes vary with the row
+lengths); their solver is compiled by XLA for chunks padded to a power-of-two number of
+rows. The native kernel takes one chunk per replica and spreads its rows over the intra-op
+threads itself.
 
 References
 ----------
@@ -529,7 +531,8 @@ def half_step(
         The other side's factors, held fixed. For the ranking objective it must hold *every*
         item of the model (the all-items Gram is built from it). A caller updating several
         blocks of rows against the same other side may pass them once converted to a float32
-        ``tf.Tensor``, which the kernel then reads as is.
+        ``tf.Tensor``, which the kernel then reads as is (without biases; with biases the
+        kernel reads the factors with a column of ones appended, built on each call).
     current : np.ndarray of shape (n_rows, rank)
         This side's current factors: the warm start.
     params : SolverParams
@@ -635,7 +638,7 @@ def half_step(
     for rows, result in zip(row_sets, results):
         z[rows] = result[0].numpy()[: len(rows)]
     sums = [sum(float(r[i].numpy().sum(dtype=np.float64)) for r in results) for i in (1, 2, 3)]
-    steps = np.concatenate([r[4].numpy()[: len(rows)] for rows, r in zip(row_sets, results)])
+    steps = np.concatenate([r[4].numpy()[: len(rows)] for rows, r in zip(row_sets, results)] or [np.zeros(0, np.int32)])
     return HalfStepResult(
         factors=np.ascontiguousarray(z[:, :k]),
         bias=np.ascontiguousarray(z[:, k]) if params.bias else None,

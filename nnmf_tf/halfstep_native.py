@@ -22,6 +22,9 @@ from nnmf_tf.data import SparseRatings
 class NativeLayout:
     """How the native kernel cuts one matrix: consecutive rows per replica, as tensors.
 
+    Unlike a ``SparseLayout`` it holds the ratings' values too (the targets of a half-step
+    without biases), so it belongs to one matrix, not only to its sparsity pattern.
+
     Attributes
     ----------
     shape, nnz, d
@@ -70,8 +73,23 @@ def _solve(row_splits, cols, targets, current, features, reg_diag, reg_power, ce
     )
 
 
-#: The same call as a graph function, for ``strategy.run`` across replicas.
-_solve_in_replica = tf.function(_solve)
+#: The same call as a graph function, for ``strategy.run`` across replicas; one trace for every
+#: chunk shape.
+_solve_in_replica = tf.function(
+    _solve,
+    input_signature=[
+        tf.TensorSpec([None], tf.int64, name="row_splits"),
+        tf.TensorSpec([None], tf.int32, name="cols"),
+        tf.TensorSpec([None], tf.float32, name="targets"),
+        tf.TensorSpec([None, None], tf.float32, name="current"),
+        tf.TensorSpec([None, None], tf.float32, name="features"),
+        *(tf.TensorSpec([None], tf.float32, name=name) for name in ("reg_diag", "reg_power", "center", "lower")),
+        tf.TensorSpec([None, None], tf.float32, name="base_gram"),
+        tf.TensorSpec([], tf.float32, name="obs_weight"),
+        tf.TensorSpec([], tf.int32, name="max_iter"),
+        tf.TensorSpec([], tf.float32, name="tol"),
+    ],
+)
 
 
 def native_kernel(replicas: int):

@@ -10,7 +10,9 @@ half-step falls back to TensorFlow ops, which compute the same result more slowl
 reason is logged once.
 
 The cache folder is ``$NNMF_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/nnmf-pipeline``
-(``~/.cache/nnmf-pipeline``). The compiler is ``$CXX`` if set, else ``c++``.
+(``~/.cache/nnmf-pipeline``). The compiler is ``$CXX`` if set, else ``c++``. Processes that
+find no library build one each (the first to finish is renamed into place, the others
+replace it with the same file); a failure is remembered for the rest of the process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -49,7 +52,7 @@ def _cache_dir() -> Path:
     return Path(base) / "nnmf-pipeline"
 
 
-def _target(compiler: str) -> tuple[list[str], str]:
+def _target(compiler: list[str]) -> tuple[list[str], str]:
     """Flags that compile for this machine's CPU (its vector width sets the kernel's speed:
     the baseline x86-64 build runs about 13x slower), and what they resolve to.
 
@@ -59,7 +62,7 @@ def _target(compiler: str) -> tuple[list[str], str]:
     """
     for flag in ("-march=native", "-mcpu=native"):
         probe = subprocess.run(
-            [compiler, flag, "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull],
+            [*compiler, flag, "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull],
             capture_output=True, text=True, timeout=60,
         )
         if probe.returncode == 0:
@@ -70,16 +73,16 @@ def _target(compiler: str) -> tuple[list[str], str]:
     return [], ""
 
 
-def _build_command(compiler: str, target: list[str], output: Path) -> list[str]:
+def _build_command(compiler: list[str], target: list[str], output: Path) -> list[str]:
     flags = ["-O3", *target, "-shared", "-fPIC", "-w", *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     if platform.system() == "Darwin":
         flags += ["-undefined", "dynamic_lookup"]
-    return [compiler, str(SOURCE), "-o", str(output), *flags]
+    return [*compiler, str(SOURCE), "-o", str(output), *flags]
 
 
-def _library_path(compiler: str, target: list[str], cpu: str) -> Path:
+def _library_path(compiler: list[str], target: list[str], cpu: str) -> Path:
     """Where the library built by ``compiler`` for this TensorFlow, source and CPU is cached."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), tf.__version__.encode(), tf.sysconfig.get_lib().encode(), version.encode(),
                  platform.machine().encode(), cpu.encode(), " ".join(_build_command(compiler, target, Path("out"))).encode()):
@@ -88,7 +91,7 @@ def _library_path(compiler: str, target: list[str], cpu: str) -> Path:
     return _cache_dir() / f"solve_rows-{tf.__version__}-{key.hexdigest()[:16]}.so"
 
 
-def _build(compiler: str, target: list[str], library: Path) -> None:
+def _build(compiler: list[str], target: list[str], library: Path) -> None:
     """Compile into a temporary file next to ``library``, then rename it into place, so that
     processes building at the same time never load a half-written library."""
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +102,11 @@ def _build(compiler: str, target: list[str], library: Path) -> None:
             _build_command(compiler, target, Path(temporary)), capture_output=True, text=True, timeout=BUILD_TIMEOUT
         )
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{compiler[0]} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+        # mkstemp made it private; like any library, it is for every user sharing the folder.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o755 & ~umask)
         os.replace(temporary, library)
     finally:
         if os.path.exists(temporary):
@@ -107,9 +114,9 @@ def _build(compiler: str, target: list[str], library: Path) -> None:
 
 
 def _load() -> ModuleType:
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to use another)")
+    compiler = shlex.split(os.environ.get("CXX", "c++"))  # e.g. "ccache g++"
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise RuntimeError(f"no C++ compiler {' '.join(compiler)!r} on PATH (set CXX to use another)")
     target, cpu = _target(compiler)
     library = _library_path(compiler, target, cpu)
     if not library.exists():

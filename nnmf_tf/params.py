@@ -113,8 +113,9 @@ class SolverParams:
     kernel: str = "auto"
     """How sparse half-steps run: ``"native"`` (a C++ kernel built on first use, CPUs only),
     ``"tensorflow"`` (TensorFlow ops, any device) or ``"auto"`` (native where it can be
-    built and the strategy runs on CPUs, else TensorFlow). Both compute the same steps; the
-    results differ by float32 rounding only. See :func:`nnmf_tf.halfstep.uses_native_kernel`."""
+    built and the strategy runs on CPUs, else TensorFlow). Both compute the same steps in
+    float32 and agree to rounding (a row near its stopping threshold may take one step more
+    in one than in the other). See :func:`nnmf_tf.halfstep.uses_native_kernel`."""
 
     def __post_init__(self) -> None:
         errors = self.errors()

@@ -57,7 +57,7 @@ class HalfStepFn(beam.DoFn):
         self._strategy = None
         self._other_cache = None
 
-    def _other_side(self, other: dict) -> tuple[FactorBlock, tf.Tensor]:
+    def _other_side(self, other: dict) -> tuple[FactorBlock, "np.ndarray | tf.Tensor"]:
         """The other side's blocks concatenated in global order, and its factors as a tensor,
         once per side-input object: every block of this half-step reads the same matrix, so
         it is built (and converted for the kernel) once while Beam hands this DoFn instance
@@ -67,7 +67,9 @@ class HalfStepFn(beam.DoFn):
         cached = self._other_cache
         if cached is None or cached[0] is not other:
             joined = concat_factors(other, self._params.rank)
-            cached = self._other_cache = (other, joined, tf.constant(joined.factors))
+            # Without biases the kernel reads the factors as they are: convert them once.
+            factors = joined.factors if self._params.bias else tf.constant(joined.factors)
+            cached = self._other_cache = (other, joined, factors)
         return cached[1], cached[2]
 
     def setup(self) -> None:
@@ -85,12 +87,12 @@ class HalfStepFn(beam.DoFn):
         started = time.perf_counter()
         block = load_block(stored)
         params = self._params
-        # The kernel's layout depends on the block's sparsity pattern, the rank, the bias and
-        # the kernel only: built by the first half-step of this block in this process, reused
-        # by the rest.
+        # The kernel's layout depends on the block, the rank, the bias, the kernel and the
+        # replicas only: built by the first half-step of this block in this process, reused by
+        # the rest.
         layout = derived(
             stored,
-            f"layout-{params.rank}-{params.bias}-{params.kernel}",
+            f"layout-{params.rank}-{params.bias}-{params.kernel}-{self._strategy.num_replicas_in_sync}",
             lambda block: sparse_layout(block.ratings, params, self._strategy),
         )
         other_side, other_factors = self._other_side(other)

@@ -325,10 +325,17 @@ class NnmfSolveRowsOp : public OpKernel {
     const Tensor& features = ctx->input(0);
     const Tensor& splits = ctx->input(1);
     const Tensor& current = ctx->input(4);
+    OP_REQUIRES(ctx, features.dims() == 2 && current.dims() == 2 && splits.dims() == 1 && ctx->input(2).dims() == 1 &&
+                         ctx->input(3).dims() == 1 && ctx->input(9).dims() == 2,
+                absl::InvalidArgumentError("features, current and base_gram must be matrices; row_splits, cols and "
+                                           "targets vectors"));
+    for (int i = 10; i <= 12; ++i)
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(ctx->input(i).shape()),
+                  absl::InvalidArgumentError("obs_weight, max_iter and tol must be scalars"));
     const int64_t rows = current.dim_size(0);
     const int d = int(current.dim_size(1));
     const int nb = (d + 7) / 8;
-    OP_REQUIRES(ctx, features.dims() == 2 && features.dim_size(1) == d && d >= 1 && d <= 64,
+    OP_REQUIRES(ctx, features.dim_size(1) == d && d >= 1 && d <= 64,
                 absl::InvalidArgumentError("features must have d columns, 1 <= d <= 64, as current has"));
     OP_REQUIRES(ctx, splits.dim_size(0) == rows + 1, absl::InvalidArgumentError("row_splits must have rows + 1 entries"));
     // Every entry is read through an index: check them all (a few ms per million entries)
