@@ -475,7 +475,6 @@ def kernel_efficiency(data: Path, args, repeats: int = 3) -> dict:
             stats["flops"] += 2.0 * nnz * k * k + 2.0 * k * k * (result.row_steps + rows)
             stats["rows"] += rows
             stats["nnz"] += nnz
-            stats["k2"] = k * k
             stats["inner"].append(result.inner_iters)
             stats["steps"] += result.row_steps
             out[block.block] = FactorBlock(result.factors)

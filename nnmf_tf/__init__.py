@@ -5,7 +5,8 @@ with its native CPU kernel: :mod:`nnmf_tf.native`, :mod:`nnmf_tf.halfstep_native
 alternating solver (:mod:`nnmf_tf.solver`), the worked
 example's joint gradient method (:mod:`nnmf_tf.gradient`), top-N (:mod:`nnmf_tf.topn`),
 metrics (:mod:`nnmf_tf.metrics`) and the strategy helper (:mod:`nnmf_tf.device`). It never
-imports Beam, opens files or sees external ids.
+imports Beam, reads or writes data, or sees external ids; its only files are the native
+kernel's build, which :mod:`nnmf_tf.native` compiles and caches on first use.
 
 Names are imported lazily so that ``import nnmf_tf`` (and :mod:`nnmf_tf.params`) does not
 load TensorFlow: a process must configure TensorFlow (:func:`nnmf_tf.device.configure`)

@@ -302,7 +302,8 @@ def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | 
     ``params.kernel`` ``"tensorflow"``: never. ``"auto"``: when the strategy runs on CPUs only,
     the row width (rank, plus one with biases) is at most :data:`nnmf_tf.native.MAX_WIDTH`
     and the kernel builds here. ``"native"``: always, and an error where ``"auto"`` would
-    fall back.
+    fall back. The first call in a process on a machine without a cached build compiles the
+    kernel (about 15 s; :mod:`nnmf_tf.native`).
     """
     if params.kernel == "tensorflow":
         return False
@@ -316,8 +317,8 @@ def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | 
     if strategy.num_replicas_in_sync > 1:
         devices = list(strategy.extended.worker_devices)
     else:  # the default strategy places ops on the first GPU, if there is one
-        devices = [device.name for device in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
-    if any("GPU" in device.upper() for device in devices):
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
+    if not all(tf.DeviceSpec.from_string(device).device_type in (None, "CPU") for device in devices):
         if forced:
             raise ValueError(f"kernel 'native' runs on CPUs only; this strategy runs on {devices}")
         return False
@@ -510,7 +511,7 @@ def _run_chunks(
 
 def half_step(
     ratings: Ratings,
-    other: np.ndarray,
+    other: np.ndarray | tf.Tensor,
     current: np.ndarray,
     params: SolverParams,
     *,
@@ -518,7 +519,7 @@ def half_step(
     current_bias: np.ndarray | None = None,
     global_mean: float = 0.0,
     strategy: tf.distribute.Strategy | None = None,
-    layout: SparseLayout | None = None,
+    layout: SparseLayout | NativeLayout | None = None,
 ) -> HalfStepResult:
     """Update the rows of ``current`` (and their biases) given the other side's factors.
 
@@ -612,7 +613,7 @@ def half_step(
                 f"these ratings are {ratings.shape} with {ratings.nnz} entries and width {d}"
             )
         if native_kernel_runs:
-            chunks, row_sets, idle = native_chunks(layout, targets if params.bias else None, start)
+            chunks, row_sets, idle = native_chunks(layout, targets, start)
             kernel = native_kernel(strategy.num_replicas_in_sync)
         else:
             chunks, row_sets, idle = _sparse_chunks(layout, targets, start)

@@ -2,9 +2,9 @@
 
 The kernel takes a chunk of rows as CSR arrays and solves each row in one pass, spreading
 the rows over TensorFlow's intra-op threads itself, so a half-step makes one call per
-replica. What depends on the ratings alone (the CSR arrays as tensors, the rows of each
-replica) is built once per matrix into a :class:`NativeLayout`; a half-step converts only
-the factors (and, with biases, the targets).
+replica. What depends on the sparsity pattern alone (the CSR arrays as tensors, the rows of
+each replica) is built once per matrix into a :class:`NativeLayout`; a half-step converts
+the targets and the factors.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from nnmf_tf.data import SparseRatings
 class NativeLayout:
     """How the native kernel cuts one matrix: consecutive rows per replica, as tensors.
 
-    Unlike a ``SparseLayout`` it holds the ratings' values too (the targets of a half-step
-    without biases), so it belongs to one matrix, not only to its sparsity pattern.
+    Like a ``SparseLayout`` it depends on the matrix's sparsity pattern and the width only.
 
     Attributes
     ----------
@@ -33,8 +32,8 @@ class NativeLayout:
         The rows of each replica's chunk (consecutive; about equal numbers of entries).
     entries : tuple of (int, int)
         Each chunk's entries, ``start:stop`` in the matrix's CSR order.
-    chunks : tuple of (tf.Tensor, tf.Tensor, tf.Tensor)
-        Each chunk's row splits (from 0), columns and ratings (float32).
+    chunks : tuple of (tf.Tensor, tf.Tensor)
+        Each chunk's row splits (from 0) and columns.
     """
 
     shape: tuple[int, int]
@@ -42,7 +41,7 @@ class NativeLayout:
     d: int
     row_sets: tuple[np.ndarray, ...]
     entries: tuple[tuple[int, int], ...]
-    chunks: tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor], ...]
+    chunks: tuple[tuple[tf.Tensor, tf.Tensor], ...]
 
 
 def native_layout(ratings: SparseRatings, d: int, replicas: int) -> NativeLayout:
@@ -53,15 +52,12 @@ def native_layout(ratings: SparseRatings, d: int, replicas: int) -> NativeLayout
     edges[0], edges[-1] = 0, ratings.shape[0]
     edges = np.maximum.accumulate(edges)
     bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [(0, 0)]
-    values = ratings.values.astype(np.float32, copy=False)
     row_sets, entries, chunks = [], [], []
     for first, stop in bounds:
         lo, hi = int(splits[first]), int(splits[stop])
         row_sets.append(np.arange(first, stop))
         entries.append((lo, hi))
-        chunks.append(
-            (tf.constant(splits[first : stop + 1] - lo), tf.constant(ratings.cols[lo:hi]), tf.constant(values[lo:hi]))
-        )
+        chunks.append((tf.constant(splits[first : stop + 1] - lo), tf.constant(ratings.cols[lo:hi])))
     return NativeLayout(ratings.shape, ratings.nnz, d, tuple(row_sets), tuple(entries), tuple(chunks))
 
 
@@ -99,17 +95,13 @@ def native_kernel(replicas: int):
 
 
 def native_chunks(
-    layout: NativeLayout, targets: np.ndarray | None, start: np.ndarray
+    layout: NativeLayout, targets: np.ndarray, start: np.ndarray
 ) -> tuple[list[tuple], list[np.ndarray], tuple]:
     """Each chunk's inputs ``(row_splits, cols, targets, current)``, each chunk's rows, and a
-    chunk without rows (for idle replicas).
-
-    ``targets`` replaces the ratings as the rows' targets when given (biases subtracted);
-    ``start`` is the warm start of every row.
-    """
+    chunk without rows (for idle replicas). ``targets`` are the entries' targets in CSR order;
+    ``start`` is the warm start of every row."""
     chunks = []
-    for rows, (lo, hi), (row_splits, cols, values) in zip(layout.row_sets, layout.entries, layout.chunks):
-        chunk_targets = values if targets is None else tf.constant(targets[lo:hi], tf.float32)
-        chunks.append((row_splits, cols, chunk_targets, tf.constant(start[rows])))
+    for rows, (lo, hi), (row_splits, cols) in zip(layout.row_sets, layout.entries, layout.chunks):
+        chunks.append((row_splits, cols, tf.constant(targets[lo:hi], tf.float32), tf.constant(start[rows])))
     idle = (tf.zeros([1], tf.int64), tf.zeros([0], tf.int32), tf.zeros([0]), tf.zeros([0, start.shape[1]]))
     return chunks, list(layout.row_sets), idle

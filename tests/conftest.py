@@ -91,6 +91,10 @@ def kernel(request, monkeypatch) -> str:
     if request.param == "native":
         if native.solve_rows_op() is None:
             pytest.skip(f"native kernel unavailable: {native.unavailable_reason()}")
+        from nnmf_tf.halfstep import uses_native_kernel
+        from nnmf_tf.params import SolverParams
+
+        assert uses_native_kernel(SolverParams(rank=3)), "kernel 'auto' must choose the native kernel here"
     else:
         monkeypatch.setattr(native, "solve_rows_op", lambda: None)
     return request.param

@@ -457,3 +457,20 @@ def test_a_block_without_rows_is_a_no_op(as_ratings, rng, kind):
     result = half_step(ratings, rng.uniform(0.0, 1.0, (4, 2)), np.zeros((0, 2)), SolverParams(rank=2))
     assert result.factors.shape == (0, 2)
     assert (result.objective, result.penalty, result.pg_norm_sq, result.inner_iters, result.row_steps) == (0, 0, 0, 0, 0)
+
+
+def test_a_layout_serves_any_ratings_of_its_sparsity_pattern(masked_problem, rng):
+    """A layout depends on where the entries are, not on their values: built from one matrix,
+    it gives another matrix with the same pattern that matrix's own result."""
+    from nnmf_tf.halfstep import sparse_layout
+
+    values, mask = masked_problem((30, 12), 2, 0.5)
+    params = SolverParams(rank=2, reg=0.05)
+    first = SparseRatings.from_dense(values, mask)
+    second = SparseRatings.from_dense(np.where(mask, 6.0 - values, 0.0), mask)
+    other, current = rng.uniform(0.0, 1.0, (12, 2)), rng.uniform(0.0, 1.0, (30, 2))
+    layout = sparse_layout(first, params)
+    reused = half_step(second, other, current, params, layout=layout)
+    own = half_step(second, other, current, params)
+    np.testing.assert_array_equal(reused.factors, own.factors)
+    assert not np.allclose(reused.factors, half_step(first, other, current, params).factors)

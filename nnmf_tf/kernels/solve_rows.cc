@@ -7,8 +7,8 @@
 // agree to float32 rounding. TensorFlow's own ops need the Gram of every row as a batch of
 // small matmuls over padded pieces, summed by segment, and the solver as a batched matvec:
 // each of these runs at a small fraction of the machine's matmul rate on 20 x 20 shapes.
-// Here a row's entries are gathered once per block of Gram rows and accumulated into
-// vector registers, with the next rows prefetched.
+// Here a row's entries are gathered into an L1 tile, 128 at a time, with the rows ahead
+// prefetched, and accumulated from the tile into vector registers.
 //
 // Built by nnmf_tf/native.py against the installed TensorFlow on first use.
 #include <algorithm>
@@ -64,8 +64,8 @@ static inline float hmax(v8 v) {
 
 static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
 
-// Entries ahead whose feature rows are prefetched while the first block of Gram rows is
-// built: far enough to cover a miss to memory (item rows gather from a table of every user).
+// Entries ahead whose feature rows are prefetched while a tile is gathered: far enough to
+// cover a miss to memory (item rows gather from a table of every user).
 constexpr int kAhead = 24;
 // Entries whose feature rows are gathered together before the Gram's passes over them.
 constexpr int kTile = 128;
@@ -113,8 +113,7 @@ struct Row {
 constexpr int kLockstep = 4;
 
 // Rows first..last-1. A row's Gram is built AB rows at a time so that those AB x NB
-// accumulators stay in registers while the row's entries stream past; the first pass also
-// sums the right-hand side and prefetches the rows ahead.
+// accumulators stay in registers while the row's gathered entries stream past.
 template <int NB, int AB>
 static void solve_rows(const Shared& s, int64_t first, int64_t last) {
   constexpr int DP = 8 * NB;
@@ -161,8 +160,6 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
       std::memcpy(tail, s.features + col * d, d * sizeof(float));
       return static_cast<const float*>(tail);
     };
-    // The lines of the row of the entry kAhead further on, into the next rows of the chunk
-    // (most rows are shorter than the distance): all DP floats that will be loaded.
     // The row's entries are taken kTile at a time: their feature rows are gathered once into
     // `tile` (with the right-hand side), then every block of Gram rows streams through the
     // tile in L1 instead of through rows scattered over the table (a popular item's users
@@ -335,6 +332,7 @@ class NnmfSolveRowsOp : public OpKernel {
     const int64_t rows = current.dim_size(0);
     const int d = int(current.dim_size(1));
     const int nb = (d + 7) / 8;
+    // 64 = 8 vectors of 8 floats, the widest template below (nnmf_tf.native.MAX_WIDTH).
     OP_REQUIRES(ctx, features.dim_size(1) == d && d >= 1 && d <= 64,
                 absl::InvalidArgumentError("features must have d columns, 1 <= d <= 64, as current has"));
     OP_REQUIRES(ctx, splits.dim_size(0) == rows + 1, absl::InvalidArgumentError("row_splits must have rows + 1 entries"));
