@@ -51,6 +51,7 @@ Neural Computation 19(10).
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -296,6 +297,33 @@ def _dense_chunk(
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _solver_constants(params: SolverParams) -> tuple[tf.Tensor, ...]:
+    """Each coordinate's penalty weight, exponent, centre and lower bound (the bias, when
+    fitted, is the last coordinate: free), then the inner step limit and tolerance, as
+    tensors. They depend on the parameters alone, so a fit converts them once."""
+    k = params.rank
+    reg_diag, reg_power = [params.reg] * k, [params.reg_exponent] * k
+    center, lower = [params.factor_center] * k, [0.0] * k
+    if params.bias:
+        reg_diag.append(params.effective_bias_reg)
+        reg_power.append(params.bias_reg_exponent)
+        center.append(params.bias_center)
+        lower.append(-np.inf)
+    return (
+        *(tf.constant(part, tf.float32) for part in (reg_diag, reg_power, center, lower)),
+        tf.constant(params.inner_max_iter, tf.int32),
+        tf.constant(params.inner_tol, tf.float32),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_device() -> str:
+    """Where the default strategy places ops: the first GPU, if there is one. Fixed once
+    TensorFlow has started, so looked up once."""
+    return next((device.name for device in tf.config.list_logical_devices("GPU")), "/device:CPU:0")
+
+
 def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether :func:`half_step` solves sparse ratings with the native kernel.
 
@@ -316,8 +344,8 @@ def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | 
     strategy = strategy or tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:
         devices = list(strategy.extended.worker_devices)
-    else:  # the default strategy places ops on the first GPU, if there is one
-        devices = [device.name for device in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
+    else:
+        devices = [_default_device()]
     if not all(tf.DeviceSpec.from_string(device).device_type in (None, "CPU") for device in devices):
         if forced:
             raise ValueError(f"kernel 'native' runs on CPUs only; this strategy runs on {devices}")
@@ -572,14 +600,8 @@ def half_step(
         check_finite(current_bias, label="current bias")
         features = np.hstack([other, np.ones((n_other, 1), np.float32)])
         start = np.hstack([current, current_bias[:, None]])
-        reg_diag = [params.reg] * k + [params.effective_bias_reg]
-        reg_power = [params.reg_exponent] * k + [params.bias_reg_exponent]
-        center = [params.factor_center] * k + [params.bias_center]
-        lower = [0.0] * k + [-np.inf]
     else:
         features, start = other, current
-        reg_diag, reg_power = [params.reg] * k, [params.reg_exponent] * k
-        center, lower = [params.factor_center] * k, [0.0] * k
     d = features.shape[1]
 
     if params.objective == "ranking":
@@ -626,13 +648,17 @@ def half_step(
             targets = targets - np.float32(global_mean) - other_bias[None, :]
         (chunks, row_sets, idle), kernel = _dense_chunks(ratings, targets.astype(np.float32), start, d), _dense_chunk
 
+    reg_diag, reg_power, center, lower, max_iter, tol = _solver_constants(params)
     shared = (
         other_tensor if other_tensor is not None and features is other else tf.constant(features),
-        *(tf.constant(part, tf.float32) for part in (reg_diag, reg_power, center, lower)),
+        reg_diag,
+        reg_power,
+        center,
+        lower,
         tf.constant(base_gram),
         tf.constant(obs_weight, tf.float32),
-        tf.constant(params.inner_max_iter, tf.int32),
-        tf.constant(params.inner_tol, tf.float32),
+        max_iter,
+        tol,
     )
     results = _run_chunks(kernel, chunks, idle, shared, strategy)
     z = start.copy()

@@ -103,5 +103,5 @@ def native_chunks(
     chunks = []
     for rows, (lo, hi), (row_splits, cols) in zip(layout.row_sets, layout.entries, layout.chunks):
         chunks.append((row_splits, cols, tf.constant(targets[lo:hi], tf.float32), tf.constant(start[rows])))
-    idle = (tf.zeros([1], tf.int64), tf.zeros([0], tf.int32), tf.zeros([0]), tf.zeros([0, start.shape[1]]))
+    idle = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, start.shape[1]), np.float32))
     return chunks, list(layout.row_sets), idle
