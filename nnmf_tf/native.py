@@ -70,6 +70,8 @@ def _target(compiler: list[str]) -> tuple[list[str], str]:
             # -target-feature pairs; the rest (temporary file names) changes every run.
             resolved = re.findall(r'(?<![\w-])-m[\w.=+,-]+|"-target-(?:cpu|feature)" "[^"]+"', probe.stderr)
             return [flag], " ".join(sorted(set(resolved)))
+    _log.warning("%s accepts neither -march=native nor -mcpu=native: the native kernel is built for the "
+                 "baseline CPU and may run slower than TensorFlow's ops (set model.kernel: tensorflow)", compiler[0])
     return [], ""
 
 
