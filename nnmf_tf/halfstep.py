@@ -62,7 +62,7 @@ from nnmf_tf import native
 from nnmf_tf.data import MaskedDense, Ratings, SparseRatings
 from nnmf_tf.device import compute_threads
 from nnmf_tf.errors import check_array, check_finite
-from nnmf_tf.halfstep_native import NativeLayout, native_chunks, native_kernel, native_layout
+from nnmf_tf.halfstep_native import NativeLayout, native_chunks, native_layout, solve
 from nnmf_tf.params import SolverParams
 
 #: Bytes allowed for one chunk's working set: padded pieces and Grams (sparse) or mask
@@ -357,6 +357,19 @@ def uses_native_kernel(params: SolverParams, strategy: tf.distribute.Strategy | 
     return True
 
 
+#: The native kernel's call as a graph function, for ``strategy.run`` across replicas (one
+#: replica calls :func:`nnmf_tf.halfstep_native.solve` directly).
+_native_chunk = tf.function(
+    solve,
+    input_signature=[
+        tf.TensorSpec([None], tf.int64, name="row_splits"),
+        tf.TensorSpec([None], tf.int32, name="cols"),
+        tf.TensorSpec([None], tf.float32, name="targets"),
+        *_COMMON_SIGNATURE,
+    ],
+)
+
+
 def _pieces(splits: np.ndarray, cols: np.ndarray, n_cols: int, padding: int) -> tuple[np.ndarray, ...]:
     """The entries of consecutive rows (CSR ``splits``) cut into pieces of ``PIECE`` entries.
 
@@ -560,8 +573,7 @@ def half_step(
         The other side's factors, held fixed. For the ranking objective it must hold *every*
         item of the model (the all-items Gram is built from it). A caller updating several
         blocks of rows against the same other side may pass them once converted to a float32
-        ``tf.Tensor``, which the kernel then reads as is (without biases; with biases the
-        kernel reads the factors with a column of ones appended, built on each call).
+        ``tf.Tensor``, which the kernels then read as is.
     current : np.ndarray of shape (n_rows, rank)
         This side's current factors: the warm start.
     params : SolverParams
@@ -598,15 +610,18 @@ def half_step(
         current_bias = check_array(current_bias, label="current bias", ndim=1, shape=(n_rows,)).astype(np.float32, copy=False)
         check_finite(other_bias, label="other bias")
         check_finite(current_bias, label="current bias")
-        features = np.hstack([other, np.ones((n_other, 1), np.float32)])
         start = np.hstack([current, current_bias[:, None]])
     else:
-        features, start = other, current
-    d = features.shape[1]
+        start = current
+    d = k + int(params.bias)
+    # Every kernel reads the other side's factors, with a column of ones for the bias.
+    features = other_tensor if other_tensor is not None else tf.constant(other)
+    if params.bias:
+        features = tf.concat([features, tf.ones([n_other, 1])], axis=1)
 
     if params.objective == "ranking":
         w0 = params.unobserved_weight
-        base_gram = (w0 * features.astype(np.float64).T @ features).astype(np.float32)
+        base_gram = (w0 * other.astype(np.float64).T @ other).astype(np.float32)  # no bias under ranking
         obs_weight = 1.0 - w0
     else:
         base_gram = np.zeros((d, d), np.float32)
@@ -636,7 +651,7 @@ def half_step(
             )
         if native_kernel_runs:
             chunks, row_sets, idle = native_chunks(layout, targets, start)
-            kernel = native_kernel(strategy.num_replicas_in_sync)
+            kernel = solve if strategy.num_replicas_in_sync == 1 else _native_chunk
         else:
             chunks, row_sets, idle = _sparse_chunks(layout, targets, start)
             kernel = _sparse_chunk
@@ -650,7 +665,7 @@ def half_step(
 
     reg_diag, reg_power, center, lower, max_iter, tol = _solver_constants(params)
     shared = (
-        other_tensor if other_tensor is not None and features is other else tf.constant(features),
+        features,
         reg_diag,
         reg_power,
         center,

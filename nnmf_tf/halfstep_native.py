@@ -61,37 +61,14 @@ def native_layout(ratings: SparseRatings, d: int, replicas: int) -> NativeLayout
     return NativeLayout(ratings.shape, ratings.nnz, d, tuple(row_sets), tuple(entries), tuple(chunks))
 
 
-def _solve(row_splits, cols, targets, current, features, reg_diag, reg_power, center, lower, base_gram, obs_weight,
-           max_iter, tol):
+def solve(row_splits, cols, targets, current, features, reg_diag, reg_power, center, lower, base_gram, obs_weight,
+          max_iter, tol):
+    """One chunk through the kernel: ``(z, objective, penalty, pg0_sq, steps)`` per row, as the
+    TensorFlow-ops chunk functions of :mod:`nnmf_tf.halfstep` return them."""
     return native.solve_rows_op().nnmf_solve_rows(
         features, row_splits, cols, targets, current, reg_diag, reg_power, center, lower, base_gram, obs_weight,
         max_iter, tol,
     )
-
-
-#: The same call as a graph function, for ``strategy.run`` across replicas; one trace for every
-#: chunk shape.
-_solve_in_replica = tf.function(
-    _solve,
-    input_signature=[
-        tf.TensorSpec([None], tf.int64, name="row_splits"),
-        tf.TensorSpec([None], tf.int32, name="cols"),
-        tf.TensorSpec([None], tf.float32, name="targets"),
-        tf.TensorSpec([None, None], tf.float32, name="current"),
-        tf.TensorSpec([None, None], tf.float32, name="features"),
-        *(tf.TensorSpec([None], tf.float32, name=name) for name in ("reg_diag", "reg_power", "center", "lower")),
-        tf.TensorSpec([None, None], tf.float32, name="base_gram"),
-        tf.TensorSpec([], tf.float32, name="obs_weight"),
-        tf.TensorSpec([], tf.int32, name="max_iter"),
-        tf.TensorSpec([], tf.float32, name="tol"),
-    ],
-)
-
-
-def native_kernel(replicas: int):
-    """The function that runs one chunk, ``kernel(*chunk, *shared)``: the op called directly
-    with one replica, a graph function under a multi-replica strategy."""
-    return _solve if replicas == 1 else _solve_in_replica
 
 
 def native_chunks(

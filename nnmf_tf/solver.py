@@ -84,8 +84,7 @@ def _blocked_half_step(
     """One half-step, block of rows by block of rows (see :func:`_row_blocks`), each block
     reading the whole other side."""
     factors, biases, totals = [], [], np.zeros(3)
-    if len(blocks) > 1 and not params.bias:  # every block reads the same other side: convert it once
-        other = tf.constant(np.asarray(other, np.float32))
+    other = tf.constant(np.asarray(other, np.float32))  # every block reads it: converted once
     for block, (start, stop, ratings, layout) in enumerate(blocks):
         result: HalfStepResult = half_step(
             ratings,

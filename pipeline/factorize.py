@@ -57,7 +57,7 @@ class HalfStepFn(beam.DoFn):
         self._strategy = None
         self._other_cache = None
 
-    def _other_side(self, other: dict) -> tuple[FactorBlock, "np.ndarray | tf.Tensor"]:
+    def _other_side(self, other: dict) -> tuple[FactorBlock, "tf.Tensor"]:
         """The other side's blocks concatenated in global order, and its factors as a tensor,
         once per side-input object: every block of this half-step reads the same matrix, so
         it is built (and converted for the kernel) once while Beam hands this DoFn instance
@@ -67,9 +67,7 @@ class HalfStepFn(beam.DoFn):
         cached = self._other_cache
         if cached is None or cached[0] is not other:
             joined = concat_factors(other, self._params.rank)
-            # Without biases the kernel reads the factors as they are: convert them once.
-            factors = joined.factors if self._params.bias else tf.constant(joined.factors)
-            cached = self._other_cache = (other, joined, factors)
+            cached = self._other_cache = (other, joined, tf.constant(joined.factors))
         return cached[1], cached[2]
 
     def setup(self) -> None:
