@@ -317,6 +317,13 @@ def _solver_constants(params: SolverParams) -> tuple[tf.Tensor, ...]:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _unweighted(d: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The rating objective's base Gram (zero) and weight of observed entries (one), as
+    tensors: converted once per width."""
+    return tf.zeros((d, d), tf.float32), tf.constant(1.0, tf.float32)
+
+
 @functools.lru_cache(maxsize=1)
 def _default_device() -> str:
     """Where the default strategy places ops: the first GPU, if there is one. Fixed once
@@ -531,7 +538,7 @@ def _run_chunks(
     """
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
-        threads = min(len(chunks), compute_threads())
+        threads = min(len(chunks), compute_threads()) if len(chunks) > 1 else 1
         if threads <= 1:
             return [kernel(*chunk, *shared) for chunk in chunks]
         with ThreadPoolExecutor(threads) as pool:
@@ -621,11 +628,10 @@ def half_step(
 
     if params.objective == "ranking":
         w0 = params.unobserved_weight
-        base_gram = (w0 * other.astype(np.float64).T @ other).astype(np.float32)  # no bias under ranking
-        obs_weight = 1.0 - w0
+        base_gram = tf.constant((w0 * other.astype(np.float64).T @ other).astype(np.float32))  # no bias under ranking
+        obs_weight = tf.constant(1.0 - w0, tf.float32)
     else:
-        base_gram = np.zeros((d, d), np.float32)
-        obs_weight = 1.0
+        base_gram, obs_weight = _unweighted(d)
 
     # A row without entries has a zero loss whatever its value: start it at the neutral zero
     # (already optimal), so it predicts the fallback (global mean plus the other side's bias).
@@ -670,8 +676,8 @@ def half_step(
         reg_power,
         center,
         lower,
-        tf.constant(base_gram),
-        tf.constant(obs_weight, tf.float32),
+        base_gram,
+        obs_weight,
         max_iter,
         tol,
     )

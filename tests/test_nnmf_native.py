@@ -123,6 +123,22 @@ def test_native_result_does_not_depend_on_the_thread_split(rng):
     np.testing.assert_array_equal(np.vstack([part.factors for part in parts]), whole.factors)
 
 
+
+@needs_native
+def test_native_solves_every_row_when_one_row_holds_most_of_the_work(rng):
+    """Rows are cut into pieces of equal cost: one row worth several pieces leaves pieces
+    empty, and every row is still solved once, as it is alone."""
+    params = SolverParams(rank=4, reg=0.1, kernel="native")
+    mask = rng.random((60, 2000)) < 0.002
+    mask[5] = True  # 2,000 entries, against a few in every other row
+    ratings = SparseRatings.from_dense(rng.uniform(1.0, 5.0, mask.shape), mask)
+    other = rng.uniform(0.0, 1.0, (2000, 4)).astype(np.float32)
+    current = rng.uniform(0.0, 1.0, (60, 4)).astype(np.float32)
+    whole = half_step(ratings, other, current, params)
+    alone = [half_step(ratings.row_block(r, r + 1), other, current[r : r + 1], params) for r in range(60)]
+    np.testing.assert_array_equal(np.vstack([row.factors for row in alone]), whole.factors)
+    assert whole.row_steps == sum(row.row_steps for row in alone)
+
 @needs_native
 def test_a_layout_for_the_other_kernel_is_refused(rng):
     params = SolverParams(rank=3, reg=0.1)

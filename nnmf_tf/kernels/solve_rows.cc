@@ -8,13 +8,15 @@
 // small matmuls over padded pieces, summed by segment, and the solver as a batched matvec:
 // each of these runs at a small fraction of the machine's matmul rate on 20 x 20 shapes.
 // Here a row's entries are gathered into an L1 tile, 128 at a time, with the rows ahead
-// prefetched, and accumulated from the tile into vector registers.
+// prefetched, and accumulated from the tile into vector registers: the Gram's blocks on and
+// above the diagonal only, the others being their transposes.
 //
 // Built by nnmf_tf/native.py against the installed TensorFlow on first use.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/util/work_sharder.h"
@@ -69,6 +71,10 @@ static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
 constexpr int kAhead = 24;
 // Entries whose feature rows are gathered together before the Gram's passes over them.
 constexpr int kTile = 128;
+// Pieces of rows per intra-op thread (see Compute), and the least work worth a piece of its
+// own, in d x d multiply-add units (about ten rows of twenty entries).
+constexpr int64_t kPiecesPerThread = 4;
+constexpr int64_t kMinPieceCost = 500;
 
 struct Shared {
   const float* features; int64_t n_other; const int64_t* splits; const int32_t* cols; const float* targets; const float* current;
@@ -95,6 +101,72 @@ static inline void matvec(const v8 (*G)[NB], int d, const v8* x, v8* out) {
     for (int b = 0; b < NB; ++b) part[0][b] += xa * G[a][b];
   }
   for (int b = 0; b < NB; ++b) out[b] = (part[0][b] + part[1][b]) + (part[2][b] + part[3][b]);
+}
+
+// Adds the outer products of n gathered rows to rows a0..a0+AB-1 of a Gram, from their
+// diagonal block (vector B0 = a0 / 8) on: the Gram is symmetric, so the blocks left of the
+// diagonal are filled in from those above it once the row's entries are all in
+// (mirror_lower_blocks). AB divides 8, so the AB rows share one diagonal block.
+template <int NB, int AB, int B0>
+static inline void gram_rows(v8 (*G)[NB], const v8 (*tile)[NB], int n, int a0) {
+  constexpr int W = NB - B0;
+  v8 acc[AB][W];
+  for (int a = 0; a < AB; ++a) for (int b = 0; b < W; ++b) acc[a][b] = G[a0 + a][B0 + b];
+  for (int j = 0; j < n; ++j) {
+    const float* x = reinterpret_cast<const float*>(tile[j]);
+    for (int a = 0; a < AB; ++a) {
+      const float xa = x[a0 + a];
+      for (int b = 0; b < W; ++b) acc[a][b] += xa * tile[j][B0 + b];
+    }
+  }
+  for (int a = 0; a < AB; ++a) for (int b = 0; b < W; ++b) G[a0 + a][B0 + b] = acc[a][b];
+}
+
+// gram_rows for the diagonal block `block`, known at run time only.
+template <int NB, int AB, int B0 = 0>
+static inline void gram_pass(int block, v8 (*G)[NB], const v8 (*tile)[NB], int n, int a0) {
+  if constexpr (B0 < NB) {
+    if (block == B0) return gram_rows<NB, AB, B0>(G, tile, n, a0);
+    gram_pass<NB, AB, B0 + 1>(block, G, tile, n, a0);
+  }
+}
+
+// Lanes of two vectors picked by index (0-7 from the first, 8-15 from the second).
+#if defined(__clang__)
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+typedef int v8i __attribute__((vector_size(32)));
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
+#endif
+
+// The 8 x 8 transpose of r[0..7] into out[0..7], in 24 shuffles.
+static inline void transpose8(const v8* r, v8* out) {
+  v8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = SHUFFLE(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = SHUFFLE(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      u[i + h * 2] = SHUFFLE(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + h * 2 + 1] = SHUFFLE(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = SHUFFLE(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    out[j + 4] = SHUFFLE(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// Block (A, B) below the diagonal (rows 8A.., vector B < A) is the transpose of block (B, A).
+template <int NB>
+static inline void mirror_lower_blocks(v8 (*G)[NB], int d) {
+  for (int A = 1; 8 * A < d; ++A)
+    for (int B = 0; B < A; ++B) {
+      v8 upper[8], lower[8];
+      for (int l = 0; l < 8; ++l) upper[l] = G[8 * B + l][A];
+      transpose8(upper, lower);
+      for (int j = 0; j < 8; ++j) G[8 * A + j][B] = lower[j];
+    }
 }
 
 // One row's subproblem while it is being solved.
@@ -184,19 +256,9 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
         }
         sq += double(t) * t;
       }
-      for (int a0 = 0; a0 < d; a0 += AB) {
-        v8 acc[AB][NB];
-        for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) acc[a][b] = G[a0 + a][b];
-        for (int j = 0; j < n; ++j) {
-          const float* x = reinterpret_cast<const float*>(tile[j]);
-          for (int a = 0; a < AB; ++a) {
-            const float xa = x[a0 + a];
-            for (int b = 0; b < NB; ++b) acc[a][b] += xa * tile[j][b];
-          }
-        }
-        for (int a = 0; a < AB; ++a) for (int b = 0; b < NB; ++b) G[a0 + a][b] = acc[a][b];
-      }
+      for (int a0 = 0; a0 < d; a0 += AB) gram_pass<NB, AB>(a0 / 8, G, tile, n, a0);
     }
+    mirror_lower_blocks<NB>(G, d);
     for (int a = 0; a < DP; ++a)
       for (int b = 0; b < NB; ++b) G[a][b] = a >= d ? v8{} : live[b] > 0.f ? G[a][b] : v8{};
     for (int b = 0; b < NB; ++b) q.c[b] = live[b] > 0.f ? q.c[b] : v8{};
@@ -222,24 +284,33 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
       m += q.pen[b] * cen[b] * cen[b];
     }
     q.sq_total = float(sq) + hsum(m);
+  };
 
-    // Step 1 / λ_max by the Collatz–Wielandt bound after four power iterations (the Gram's
-    // entries are non-negative, so every G x below is too, and padded lanes add nothing).
-    v8 x[NB], gx[NB];
-    for (int b = 0; b < NB; ++b) x[b] = live[b];
-    for (int it = 0; it < 4; ++it) {
-      matvec<NB>(G, d, x, gx);
-      v8 top{};
-      for (int b = 0; b < NB; ++b) top = vmax(top, gx[b]);
-      const float scale = std::max(hmax(top), 1e-30f);
-      for (int b = 0; b < NB; ++b) x[b] = gx[b] / scale + 1e-3f * live[b];
+  // Step 1 / λ_max of rows' Grams by the Collatz–Wielandt bound after four power iterations
+  // (the Gram's entries are non-negative, so every G x below is too, and padded lanes add
+  // nothing). Each iteration waits on the one before: the rows' iterations are interleaved.
+  auto set_step_sizes = [&](Row<NB>* q, int nr) {
+    v8 x[kLockstep][NB], gx[kLockstep][NB];
+    for (int i = 0; i < nr; ++i) for (int b = 0; b < NB; ++b) x[i][b] = live[b];
+    for (int it = 0; it < 4; ++it)
+      for (int i = 0; i < nr; ++i) {
+        matvec<NB>(q[i].G, d, x[i], gx[i]);
+        v8 top{};
+        for (int b = 0; b < NB; ++b) top = vmax(top, gx[i][b]);
+        const float scale = std::max(hmax(top), 1e-30f);
+        for (int b = 0; b < NB; ++b) x[i][b] = gx[i][b] / scale + 1e-3f * live[b];
+      }
+    for (int i = 0; i < nr; ++i) {
+      matvec<NB>(q[i].G, d, x[i], gx[i]);
+      v8 ratio{};
+      for (int b = 0; b < NB; ++b) ratio = vmax(ratio, gx[i][b] / (live[b] > 0.f ? x[i][b] : 1.f));
+      q[i].step = 1.f / std::max(hmax(ratio), 1e-12f);
     }
-    matvec<NB>(G, d, x, gx);
-    v8 ratio{};
-    for (int b = 0; b < NB; ++b) ratio = vmax(ratio, gx[b] / (live[b] > 0.f ? x[b] : 1.f));
-    q.step = 1.f / std::max(hmax(ratio), 1e-12f);
+  };
 
-    // Warm start, its projected gradient, the stopping thresholds.
+  // Row r's warm start, its projected gradient, the stopping thresholds.
+  auto start_row = [&](Row<NB>& q, int64_t r) {
+    auto& G = q.G;
     float start[DP] = {};
     std::memcpy(start, s.current + r * d, d * sizeof(float));
     std::memcpy(q.z, start, sizeof(q.z));
@@ -303,6 +374,8 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
   for (int64_t r0 = first; r0 < last; r0 += kLockstep) {
     const int nr = int(std::min<int64_t>(kLockstep, last - r0));
     for (int i = 0; i < nr; ++i) set_up(rows[i], r0 + i);
+    set_step_sizes(rows, nr);
+    for (int i = 0; i < nr; ++i) start_row(rows[i], r0 + i);
     for (bool any = true; any;) {
       any = false;
       for (int i = 0; i < nr; ++i) {
@@ -375,10 +448,27 @@ class NnmfSolveRowsOp : public OpKernel {
       case 7: fn = solve_rows<7, 1>; break;
       default: fn = solve_rows<8, 1>; break;
     }
-    const int64_t nnz = s.splits[rows] - s.splits[0];
-    const int64_t cost = 2 * (rows ? nnz / rows : 0) * d * d + 40 * d * d;
+    // Rows differ in cost (a popular item's row has thousands of entries, a user's a few):
+    // the rows are cut into pieces of about equal cost, a few per thread, rather than into
+    // equal numbers of rows. A row costs about one Gram update per entry and one matvec per
+    // step of its step budget (plus five for its step size), each d x d multiply-adds.
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(workers->num_threads, workers->workers, rows, cost, [&](int64_t a, int64_t b) { fn(s, a, b); });
+    const int64_t per_row = std::max(s.max_iter, 0) + 5;
+    const auto cost_before = [&](int64_t r) { return (s.splits[r] - s.splits[0]) + per_row * r; };
+    const int64_t total = cost_before(rows);
+    const int64_t pieces = std::clamp<int64_t>(std::min<int64_t>(kPiecesPerThread * workers->num_threads,
+                                                                 total / kMinPieceCost), 1, std::max<int64_t>(rows, 1));
+    if (pieces == 1) {
+      fn(s, 0, rows);
+      return;
+    }
+    std::vector<int64_t> edges(pieces + 1, rows);
+    edges[0] = 0;
+    for (int64_t r = 1, p = 1; r < rows && p < pieces; ++r)
+      if (cost_before(r) * pieces >= total * p) edges[p++] = r;
+    // Each piece is one task (its cost is set far above the sharder's minimum).
+    Shard(workers->num_threads, workers->workers, pieces, int64_t(1) << 40,
+          [&](int64_t a, int64_t b) { fn(s, edges[a], edges[b]); });
   }
 };
 
