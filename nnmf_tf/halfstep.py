@@ -417,7 +417,7 @@ def _pad_rows(part: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([part, np.zeros((n - len(part),) + part.shape[1:], part.dtype)])
 
 
-def _chunk_bounds(costs: np.ndarray) -> list[np.ndarray]:
+def _chunk_bounds(costs: np.ndarray) -> list[range]:
     """Consecutive ranges of rows whose summed ``costs`` (bytes) stay within ``CHUNK_BYTES``
     and whose length stays within ``CHUNK_ROWS`` (at least one row each)."""
     total = np.concatenate([[0], np.cumsum(costs)])
@@ -425,7 +425,7 @@ def _chunk_bounds(costs: np.ndarray) -> list[np.ndarray]:
     while start < n:
         stop = int(np.searchsorted(total, total[start] + CHUNK_BYTES, side="right")) - 1
         stop = min(max(stop, start + 1), start + CHUNK_ROWS, n)
-        row_sets.append(np.arange(start, stop))
+        row_sets.append(range(start, stop))
         start = stop
     return row_sets
 
@@ -450,8 +450,8 @@ class SparseLayout:
     ----------
     shape, nnz, d
         The matrix and width it was built for (checked by :func:`half_step`).
-    row_sets : tuple of np.ndarray
-        The rows of each chunk (consecutive).
+    row_sets : tuple of range
+        The rows of each chunk.
     chunks : tuple of (counts, piece_rows, piece_cols, piece_entries)
         Per chunk: entry counts of its rows padded to ``padded_rows`` rows, and its pieces
         (see :func:`_pieces`; ``piece_entries`` is ``nnz`` where padded).
@@ -462,7 +462,7 @@ class SparseLayout:
     shape: tuple[int, int]
     nnz: int
     d: int
-    row_sets: tuple[np.ndarray, ...]
+    row_sets: tuple[range, ...]
     chunks: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
     padded_rows: int
 
@@ -481,22 +481,22 @@ def sparse_layout(
     row_sets = _chunk_bounds(_sparse_row_bytes(counts, d))
     n = padded_rows(max(map(len, row_sets), default=0))
 
-    def chunk(rows: np.ndarray) -> tuple:
-        splits = ratings.row_splits[rows[0] : rows[-1] + 2]
-        return (_pad_rows(counts[rows], n), *_pieces(splits, ratings.cols, ratings.shape[1], ratings.nnz))
+    def chunk(rows: range) -> tuple:
+        splits = ratings.row_splits[rows.start : rows.stop + 1]
+        return (_pad_rows(counts[rows.start : rows.stop], n), *_pieces(splits, ratings.cols, ratings.shape[1], ratings.nnz))
 
     return SparseLayout(ratings.shape, ratings.nnz, d, tuple(row_sets), tuple(chunk(rows) for rows in row_sets), n)
 
 
 def _sparse_chunks(
     layout: SparseLayout, targets: np.ndarray, current: np.ndarray
-) -> tuple[list[tuple], list[np.ndarray], tuple]:
+) -> tuple[list[tuple], list[range], tuple]:
     """The kernel inputs of each chunk of ``layout`` given this half-step's targets and warm
-    start, each chunk's row indices, and a chunk without rows (for idle replicas)."""
+    start, each chunk's rows, and a chunk without rows (for idle replicas)."""
     n, d = layout.padded_rows, current.shape[1]
     padded_targets = np.append(targets.astype(np.float32, copy=False), np.float32(0.0))
     chunks = [
-        (counts, piece_rows, piece_cols, padded_targets[entries], _pad_rows(current[rows], n))
+        (counts, piece_rows, piece_cols, padded_targets[entries], _pad_rows(current[rows.start : rows.stop], n))
         for rows, (counts, piece_rows, piece_cols, entries) in zip(layout.row_sets, layout.chunks)
     ]
     idle = (
@@ -511,7 +511,7 @@ def _sparse_chunks(
 
 def _dense_chunks(
     ratings: MaskedDense, targets: np.ndarray, current: np.ndarray, d: int
-) -> tuple[list[tuple], list[np.ndarray], tuple]:
+) -> tuple[list[tuple], list[range], tuple]:
     """Consecutive rows in chunks whose mask products stay within ``CHUNK_BYTES``; as
     :func:`_sparse_chunks`."""
     n_rows, n_cols = ratings.shape
@@ -519,10 +519,10 @@ def _dense_chunks(
     row_sets = _chunk_bounds(np.full(n_rows, 4 * max(n_cols, d * d)))
     n = padded_rows(max(map(len, row_sets), default=0))
 
-    def chunk(rows: np.ndarray) -> tuple:
-        return tuple(_pad_rows(part[rows], n) for part in (targets, mask, current))
+    def chunk(rows: range) -> tuple:
+        return tuple(_pad_rows(part[rows.start : rows.stop], n) for part in (targets, mask, current))
 
-    return [chunk(rows) for rows in row_sets], row_sets, chunk(np.arange(0))
+    return [chunk(rows) for rows in row_sets], row_sets, chunk(range(0))
 
 
 def _run_chunks(
@@ -635,7 +635,9 @@ def half_step(
 
     # A row without entries has a zero loss whatever its value: start it at the neutral zero
     # (already optimal), so it predicts the fallback (global mean plus the other side's bias).
-    start = np.where((ratings.row_counts() == 0)[:, None], np.float32(0.0), start).astype(np.float32, copy=False)
+    empty = ratings.row_counts() == 0
+    if empty.any():
+        start = np.where(empty[:, None], np.float32(0.0), start).astype(np.float32, copy=False)
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(ratings, SparseRatings):
         targets = ratings.values
@@ -684,7 +686,7 @@ def half_step(
     results = _run_chunks(kernel, chunks, idle, shared, strategy)
     z = start.copy()
     for rows, result in zip(row_sets, results):
-        z[rows] = result[0].numpy()[: len(rows)]
+        z[rows.start : rows.stop] = result[0].numpy()[: len(rows)]
     sums = [sum(float(r[i].numpy().sum(dtype=np.float64)) for r in results) for i in (1, 2, 3)]
     steps = np.concatenate([r[4].numpy()[: len(rows)] for rows, r in zip(row_sets, results)] or [np.zeros(0, np.int32)])
     return HalfStepResult(

@@ -28,8 +28,8 @@ class NativeLayout:
     ----------
     shape, nnz, d
         The matrix and width it was built for (checked by ``half_step``).
-    row_sets : tuple of np.ndarray
-        The rows of each replica's chunk (consecutive; about equal numbers of entries).
+    row_sets : tuple of range
+        The rows of each replica's chunk (about equal numbers of entries).
     entries : tuple of (int, int)
         Each chunk's entries, ``start:stop`` in the matrix's CSR order.
     chunks : tuple of (tf.Tensor, tf.Tensor)
@@ -39,7 +39,7 @@ class NativeLayout:
     shape: tuple[int, int]
     nnz: int
     d: int
-    row_sets: tuple[np.ndarray, ...]
+    row_sets: tuple[range, ...]
     entries: tuple[tuple[int, int], ...]
     chunks: tuple[tuple[tf.Tensor, tf.Tensor], ...]
 
@@ -55,7 +55,7 @@ def native_layout(ratings: SparseRatings, d: int, replicas: int) -> NativeLayout
     row_sets, entries, chunks = [], [], []
     for first, stop in bounds:
         lo, hi = int(splits[first]), int(splits[stop])
-        row_sets.append(np.arange(first, stop))
+        row_sets.append(range(first, stop))
         entries.append((lo, hi))
         chunks.append((tf.constant(splits[first : stop + 1] - lo), tf.constant(ratings.cols[lo:hi])))
     return NativeLayout(ratings.shape, ratings.nnz, d, tuple(row_sets), tuple(entries), tuple(chunks))
@@ -73,12 +73,12 @@ def solve(row_splits, cols, targets, current, features, reg_diag, reg_power, cen
 
 def native_chunks(
     layout: NativeLayout, targets: np.ndarray, start: np.ndarray
-) -> tuple[list[tuple], list[np.ndarray], tuple]:
+) -> tuple[list[tuple], list[range], tuple]:
     """Each chunk's inputs ``(row_splits, cols, targets, current)``, each chunk's rows, and a
     chunk without rows (for idle replicas). ``targets`` are the entries' targets in CSR order;
     ``start`` is the warm start of every row."""
     chunks = []
     for rows, (lo, hi), (row_splits, cols) in zip(layout.row_sets, layout.entries, layout.chunks):
-        chunks.append((row_splits, cols, tf.constant(targets[lo:hi], tf.float32), tf.constant(start[rows])))
+        chunks.append((row_splits, cols, tf.constant(targets[lo:hi], tf.float32), tf.constant(start[rows.start : rows.stop])))
     idle = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, start.shape[1]), np.float32))
     return chunks, list(layout.row_sets), idle
