@@ -11,12 +11,14 @@ reason is logged once.
 
 The cache folder is ``$NNMF_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/nnmf-pipeline``
 (``~/.cache/nnmf-pipeline``). The compiler is ``$CXX`` if set, else ``c++``. Processes that
-find no library build one each (the first to finish is renamed into place, the others
-replace it with the same file); a failure is remembered for the rest of the process.
+find no library take turns under a lock on the cache folder (``flock``, where the platform
+has it): the first builds it, the others then load that build, so the Beam workers of a
+fresh machine compile once. A failure is remembered for the rest of the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,8 +31,14 @@ import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import tensorflow as tf
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: processes then build side by side
+    fcntl = None
 
 SOURCE = Path(__file__).with_name("kernels") / "solve_rows.cc"
 #: Widest row (rank, plus one with biases) the kernel handles: eight vectors of eight floats.
@@ -93,10 +101,25 @@ def _library_path(compiler: list[str], target: list[str], cpu: str) -> Path:
     return _cache_dir() / f"solve_rows-{tf.__version__}-{key.hexdigest()[:16]}.so"
 
 
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file left behind; any user
+    who can read the folder can lock it). Released when the descriptor closes, also when the
+    process dies."""
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
 def _build(compiler: list[str], target: list[str], library: Path) -> None:
     """Compile into a temporary file next to ``library``, then rename it into place, so that
-    processes building at the same time never load a half-written library."""
-    library.parent.mkdir(parents=True, exist_ok=True)
+    no process ever loads a half-written library."""
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=library.parent)
     os.close(handle)
     try:
@@ -122,8 +145,11 @@ def _load() -> ModuleType:
     target, cpu = _target(compiler)
     library = _library_path(compiler, target, cpu)
     if not library.exists():
-        _log.info("building the native half-step kernel into %s", library)
-        _build(compiler, target, library)
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(library.parent):
+            if not library.exists():  # else another process built it while this one waited
+                _log.info("building the native half-step kernel into %s", library)
+                _build(compiler, target, library)
     return tf.load_op_library(str(library))
 
 

@@ -218,3 +218,22 @@ def test_a_built_kernel_is_reused_by_the_next_process(tmp_path):
     assert len(built) == 1 and next(iter(built)).endswith(".so")
     subprocess.run(run, check=True, env=env, timeout=600, capture_output=True)
     assert {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == built
+
+
+@pytest.mark.skipif(not BUILDS_HERE, reason="no C++ compiler on Linux here")
+def test_processes_starting_together_build_the_kernel_once(tmp_path):
+    """Beam workers on a fresh machine: two processes find an empty cache at the same time;
+    one builds (about 15 s) while the other waits for it, then loads the same library."""
+    env = {**os.environ, "NNMF_KERNEL_CACHE": str(tmp_path)}
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO); from nnmf_tf import native; "
+        "assert native.solve_rows_op() is not None"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    logs = [worker.communicate(timeout=600)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], logs
+    assert sum(log.count("building the native half-step kernel") for log in logs) == 1, logs
+    assert [path.suffix for path in tmp_path.iterdir()] == [".so"]
