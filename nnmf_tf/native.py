@@ -13,7 +13,8 @@ The cache folder is ``$NNMF_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/nnmf-p
 (``~/.cache/nnmf-pipeline``). The compiler is ``$CXX`` if set, else ``c++``. Processes that
 find no library take turns under a lock on the cache folder (``flock``, where the platform
 has it): the first builds it, the others then load that build, so the Beam workers of a
-fresh machine compile once. A failure is remembered for the rest of the process.
+fresh machine compile once (a build that fails is tried again by each waiting process in
+turn). A failure is remembered for the rest of the process.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import tensorflow as tf
 
 try:
     import fcntl
-except ImportError:  # not on Windows: processes then build side by side
+except ImportError:  # fcntl is absent on Windows: processes there build side by side
     fcntl = None
 
 SOURCE = Path(__file__).with_name("kernels") / "solve_rows.cc"
@@ -101,20 +102,36 @@ def _library_path(compiler: list[str], target: list[str], cpu: str) -> Path:
     return _cache_dir() / f"solve_rows-{tf.__version__}-{key.hexdigest()[:16]}.so"
 
 
-@contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file left behind; any user
-    who can read the folder can lock it). Released when the descriptor closes, also when the
-    process dies."""
+def _lock_folder(folder: Path) -> int | None:
+    """An open descriptor of ``folder`` holding an exclusive ``flock`` on it (no lock file
+    left behind; any user who can read the folder can lock it), or ``None`` where the folder
+    cannot be locked: the build then goes ahead unlocked (the rename into place stays atomic)."""
     if fcntl is None:
-        yield
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
+        return None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError as error:  # e.g. a folder that can be written but not read
+        _log.warning("cannot lock %s (%s): building without the lock", folder, error)
+        return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError as error:  # e.g. a file system without locks
+        os.close(descriptor)
+        _log.warning("cannot lock %s (%s): building without the lock", folder, error)
+        return None
+    return descriptor
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold the lock of :func:`_lock_folder` on ``folder``; it is released when the descriptor
+    closes, also when the process dies."""
+    descriptor = _lock_folder(folder)
+    try:
         yield
     finally:
-        os.close(descriptor)
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def _build(compiler: list[str], target: list[str], library: Path) -> None:

@@ -26,7 +26,6 @@ COMPILER = shutil.which(os.environ.get("CXX", "c++"))
 BUILDS_HERE = COMPILER is not None and platform.system() == "Linux"
 
 
-
 @pytest.fixture
 def native_built() -> None:
     """Skip, with the reason, where the native kernel cannot be built (looked up when a test
@@ -125,12 +124,13 @@ def test_native_result_does_not_depend_on_the_thread_split(rng):
 
 
 @needs_native
-def test_native_solves_every_row_when_one_row_holds_most_of_the_work(rng):
-    """Rows are cut into pieces of equal cost: one row worth several pieces leaves pieces
-    empty, and every row is still solved once, as it is alone."""
+def test_native_solves_every_row_when_single_rows_outweigh_a_piece(rng):
+    """Rows are cut into pieces of equal cost: a row that outweighs a piece (here the sixth
+    and the last) gets one of its own and leaves others empty, and every row is still solved
+    once, as it is alone."""
     params = SolverParams(rank=4, reg=0.1, kernel="native")
     mask = rng.random((60, 2000)) < 0.002
-    mask[5] = True  # 2,000 entries, against a few in every other row
+    mask[[5, 59]] = True  # 2,000 entries each, against a few in every other row
     ratings = SparseRatings.from_dense(rng.uniform(1.0, 5.0, mask.shape), mask)
     other = rng.uniform(0.0, 1.0, (2000, 4)).astype(np.float32)
     current = rng.uniform(0.0, 1.0, (60, 4)).astype(np.float32)
@@ -138,6 +138,7 @@ def test_native_solves_every_row_when_one_row_holds_most_of_the_work(rng):
     alone = [half_step(ratings.row_block(r, r + 1), other, current[r : r + 1], params) for r in range(60)]
     np.testing.assert_array_equal(np.vstack([row.factors for row in alone]), whole.factors)
     assert whole.row_steps == sum(row.row_steps for row in alone)
+
 
 @needs_native
 def test_a_layout_for_the_other_kernel_is_refused(rng):
@@ -224,16 +225,34 @@ def test_a_built_kernel_is_reused_by_the_next_process(tmp_path):
 def test_processes_starting_together_build_the_kernel_once(tmp_path):
     """Beam workers on a fresh machine: two processes find an empty cache at the same time;
     one builds (about 15 s) while the other waits for it, then loads the same library."""
-    env = {**os.environ, "NNMF_KERNEL_CACHE": str(tmp_path)}
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NNMF_KERNEL_CACHE": str(cache)}
     code = (
         "import logging; logging.basicConfig(level=logging.INFO); from nnmf_tf import native; "
         "assert native.solve_rows_op() is not None"
     )
-    workers = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    logs = [worker.communicate(timeout=600)[1] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], logs
-    assert sum(log.count("building the native half-step kernel") for log in logs) == 1, logs
-    assert [path.suffix for path in tmp_path.iterdir()] == [".so"]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = []
+    for log in logs:
+        with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall its writer
+            workers.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out, stderr=out))
+    codes = [worker.wait(timeout=600) for worker in workers]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts
+    assert sum(text.count("building the native half-step kernel") for text in texts) == 1, texts
+    assert [path.suffix for path in cache.iterdir()] == [".so"]
+
+
+@pytest.mark.skipif(native.fcntl is None, reason="no flock on this platform")
+@pytest.mark.parametrize("refused", ["open", "flock"])
+def test_a_folder_that_cannot_be_locked_is_built_in_unlocked(tmp_path, monkeypatch, caplog, refused):
+    """Locking only saves duplicate builds: where the cache folder cannot be opened or locked,
+    the build goes ahead (its rename into place is atomic either way) and the log says why."""
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(f"{refused} not allowed")
+
+    monkeypatch.setattr(native.os if refused == "open" else native.fcntl, refused, refuse)
+    with native._exclusive(tmp_path):
+        pass
+    assert f"cannot lock {tmp_path} ({refused} not allowed): building without the lock" in caplog.text

@@ -184,8 +184,9 @@ struct Row {
 // of kLockstep rows are interleaved to keep the core busy.
 constexpr int kLockstep = 4;
 
-// Rows first..last-1. A row's Gram is built AB rows at a time so that those AB x NB
-// accumulators stay in registers while the row's gathered entries stream past.
+// Rows first..last-1. A row's Gram is built AB rows at a time so that those rows'
+// accumulators (their blocks from the diagonal on) stay in registers while the row's
+// gathered entries stream past.
 template <int NB, int AB>
 static void solve_rows(const Shared& s, int64_t first, int64_t last) {
   constexpr int DP = 8 * NB;
@@ -217,7 +218,7 @@ static void solve_rows(const Shared& s, int64_t first, int64_t last) {
   bool plain = s.obs_weight == 1.f;  // the rating objective: no base Gram, no weight
   for (int j = 0; j < d * d; ++j) plain = plain && s.base_gram[j] == 0.f;
 
-  // Row r's regularised system, step size, warm start and stopping thresholds.
+  // Row r's regularised system: Gram, right-hand side, penalty weights, constant.
   auto set_up = [&](Row<NB>& q, int64_t r) {
     const int64_t e0 = s.splits[r], e1 = s.splits[r + 1];
     auto& G = q.G;
@@ -450,8 +451,8 @@ class NnmfSolveRowsOp : public OpKernel {
     }
     // Rows differ in cost (a popular item's row has thousands of entries, a user's a few):
     // the rows are cut into pieces of about equal cost, a few per thread, rather than into
-    // equal numbers of rows. A row costs about one Gram update per entry and one matvec per
-    // step of its step budget (plus five for its step size), each d x d multiply-adds.
+    // equal numbers of rows. A rough cost, in d x d multiply-adds: one Gram update per entry
+    // and one matvec per step of the step budget (plus five for the step size) per row.
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     const int64_t per_row = std::max(s.max_iter, 0) + 5;
     const auto cost_before = [&](int64_t r) { return (s.splits[r] - s.splits[0]) + per_row * r; };
@@ -464,9 +465,16 @@ class NnmfSolveRowsOp : public OpKernel {
     }
     std::vector<int64_t> edges(pieces + 1, rows);
     edges[0] = 0;
-    for (int64_t r = 1, p = 1; r < rows && p < pieces; ++r)
-      if (cost_before(r) * pieces >= total * p) edges[p++] = r;
-    // Each piece is one task (its cost is set far above the sharder's minimum).
+    // Piece p ends at the row boundary nearest to p / pieces of the total, so a row that
+    // outweighs a piece gets one of its own instead of joining the rows before it (leaving
+    // later pieces empty).
+    for (int64_t r = 1, p = 1; r <= rows && p < pieces; ++r) {
+      const int64_t before = cost_before(r - 1) * pieces, after = cost_before(r) * pieces;
+      for (; p < pieces && after >= total * p; ++p)
+        edges[p] = std::max(edges[p - 1], total * p - before < after - total * p ? r - 1 : r);
+    }
+    // Pieces are set far above the sharder's minimum cost, so that it runs them as separate
+    // tasks (it may still group a few when they do not divide among its threads).
     Shard(workers->num_threads, workers->workers, pieces, int64_t(1) << 40,
           [&](int64_t a, int64_t b) { fn(s, edges[a], edges[b]); });
   }
