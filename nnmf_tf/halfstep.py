@@ -30,7 +30,7 @@ warm start; a finished row is frozen, so a row's result depends on its own data 
 on which rows share its chunk, block or replica.
 
 On CPUs, sparse ratings go through a native kernel (:mod:`nnmf_tf.native`) that builds
-each row's Gram and solves its subproblem in one pass, the same computation 4.8-7.5x faster
+each row's Gram and solves its subproblem in one pass, the same computation 4.8-8.7x faster
 than the TensorFlow ops below; ``SolverParams.kernel`` chooses (see
 :func:`uses_native_kernel`). The TensorFlow ops serve GPUs, dense ratings and machines
 where the native kernel cannot be built.
