@@ -122,12 +122,11 @@ def test_native_result_does_not_depend_on_the_thread_split(rng):
     np.testing.assert_array_equal(np.vstack([part.factors for part in parts]), whole.factors)
 
 
-
 @needs_native
 def test_native_solves_every_row_when_single_rows_outweigh_a_piece(rng):
-    """Rows are cut into pieces of equal cost: a row that outweighs a piece (here the sixth
-    and the last) gets one of its own and leaves others empty, and every row is still solved
-    once, as it is alone."""
+    """Rows are cut into pieces of about equal cost: rows that outweigh a piece (here the
+    sixth and the last) leave pieces empty where the op has two or more threads, and every
+    row is still solved once, as it is alone."""
     params = SolverParams(rank=4, reg=0.1, kernel="native")
     mask = rng.random((60, 2000)) < 0.002
     mask[[5, 59]] = True  # 2,000 entries each, against a few in every other row
@@ -236,7 +235,11 @@ def test_processes_starting_together_build_the_kernel_once(tmp_path):
     for log in logs:
         with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall its writer
             workers.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out, stderr=out))
-    codes = [worker.wait(timeout=600) for worker in workers]
+    try:
+        codes = [worker.wait(timeout=600) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()  # no-op for a finished worker; stops a stuck one
     texts = [log.read_text() for log in logs]
     assert codes == [0, 0], texts
     assert sum(text.count("building the native half-step kernel") for text in texts) == 1, texts
@@ -245,7 +248,7 @@ def test_processes_starting_together_build_the_kernel_once(tmp_path):
 
 @pytest.mark.skipif(native.fcntl is None, reason="no flock on this platform")
 @pytest.mark.parametrize("refused", ["open", "flock"])
-def test_a_folder_that_cannot_be_locked_is_built_in_unlocked(tmp_path, monkeypatch, caplog, refused):
+def test_a_cache_folder_that_cannot_be_locked_builds_unlocked(tmp_path, monkeypatch, caplog, refused):
     """Locking only saves duplicate builds: where the cache folder cannot be opened or locked,
     the build goes ahead (its rename into place is atomic either way) and the log says why."""
 

@@ -465,9 +465,9 @@ class NnmfSolveRowsOp : public OpKernel {
     }
     std::vector<int64_t> edges(pieces + 1, rows);
     edges[0] = 0;
-    // Piece p ends at the row boundary nearest to p / pieces of the total, so a row that
-    // outweighs a piece gets one of its own instead of joining the rows before it (leaving
-    // later pieces empty).
+    // Piece p ends at the row boundary nearest to p / pieces of the total, not the first one
+    // past it: a row that outweighs a piece is then not always packed with a piece's worth of
+    // rows before it (and pieces can be left empty).
     for (int64_t r = 1, p = 1; r <= rows && p < pieces; ++r) {
       const int64_t before = cost_before(r - 1) * pieces, after = cost_before(r) * pieces;
       for (; p < pieces && after >= total * p; ++p)
