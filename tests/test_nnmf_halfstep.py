@@ -434,7 +434,6 @@ def test_default_inner_settings_decrease_every_row_loss(masked_problem, rng):
         assert problem.loss(after.astype(np.float64)) <= problem.loss(before) * (1 + 1e-6) + 1e-9
 
 
-
 @pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
 def test_other_side_given_as_a_tensor_gives_the_same_result(masked_problem, rng, bias):
     """Callers convert the other side's factors once for all their blocks; the half-step reads
